@@ -1,0 +1,46 @@
+// Schemas of the mfa ops: the one canonical argument form every kernel (reference, Metal, emulator) implements.
+//
+// Attention, canonical form:
+//   q (B, Hq, L, E), k (B, Hk, S, E), v (B, Hk, S, Ev), contiguous; Hq a multiple of Hk (GQA, never expanded).
+//   mask: none, bool (true = attend) or float (added to the scores), 4-D with every dim either 1 or full
+//         (B, Hq, L, S): broadcasting is read through the size-1 dims, never expanded.
+//   alibi_slopes: (1 or B, Hq) fp32, adds -slope * |i + offset - j|.
+//   window_left / window_right: query i attends keys j with i + offset - left <= j <= i + offset + right,
+//         -1 = unbounded; causal is window_right = 0. offset = 0 (upper-left) or S - L (bottom_right).
+//   cu_seqlens_q / cu_seqlens_k: varlen (B must be 1; each sequence attends within itself).
+//   softcap > 0: scores = softcap * tanh(scores / softcap), before alibi and mask.
+//   dropout_p with (seed, offset): a counter-based keep mask regenerated identically in the backward.
+// Outputs: out (B, Hq, L, Ev) in q's dtype, lse (B, Hq, L) fp32 (fp64 for fp64 inputs) natural log (-inf for rows attending nothing).
+#include <torch/extension.h>
+
+TORCH_LIBRARY(mfa, m) {
+  m.def(
+      "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? alibi_slopes, "
+      "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale, "
+      "int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, int seed, "
+      "int offset) -> (Tensor out, Tensor lse)");
+  // dmask is the gradient of a float mask (same shape as mask) when mask_grad is true, else an empty tensor.
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask, "
+      "Tensor? alibi_slopes, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
+      "float scale, int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, "
+      "int seed, int offset, bool mask_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dmask)");
+  // GEMM, canonical form: a (Ba, M, K), b (Bb, K, N) with Ba, Bb in {1, B}; any strides (transposes are
+  // read through them); bias (N,) or none. Result (B, M, N) in the inputs' dtype, fp32 accumulation.
+  m.def("gemm(Tensor a, Tensor b, Tensor? bias) -> Tensor");
+}
+
+namespace {
+bool has_mps_executor() {
+#ifdef MFA_TORCH_WITH_MPS
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("has_mps_executor", &has_mps_executor,
+             "Whether this build contains the Metal executor for MPS tensors (macOS builds only).");
+}

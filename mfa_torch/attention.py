@@ -1,0 +1,279 @@
+"""User-facing attention functions: validate, normalise to the ops' canonical form, pick the route.
+
+Two conventions meet here:
+  scaled_dot_product_attention: torch's (N..., H, L, E) layout, causal aligned to the upper left;
+  flash_attn_func / flash_attn_varlen_func: FlashAttention's (B, S, H, D) layout, causal aligned to the
+  bottom right (query i sees keys up to i + S - L).
+The ops take one canonical form (csrc/ops.cpp) with the alignment explicit.
+"""
+import math
+import numbers
+
+import torch
+
+from . import ops  # noqa: F401  (registers the ops' kernels and autograd)
+from . import routing
+from ._validation import check_dropout, check_finite_number, check_float_tensors, check_window, require
+
+# torch's own SDPA, bound at import so that mfa_torch.patch() can reroute torch.nn.functional safely.
+_torch_sdpa = torch._C._nn.scaled_dot_product_attention
+
+
+class _OpCall:
+    """Canonical arguments of mfa::attention_forward (see csrc/ops.cpp)."""
+
+    def __init__(self, q, k, v, *, mask=None, alibi=None, cu_q=None, cu_k=None, max_q=None, max_k=None, scale,
+                 window=(-1, -1), bottom_right=False, softcap=0.0, dropout_p=0.0):
+        self.args = (q, k, v, mask, alibi, cu_q, cu_k, q.shape[2] if max_q is None else max_q,
+                     k.shape[2] if max_k is None else max_k, scale, window[0], window[1], bottom_right, softcap,
+                     dropout_p)
+
+    def run(self):
+        dropout_p = self.args[-1]
+        # The keep mask is keyed by a seed drawn from torch's default generator: torch.manual_seed reproduces it.
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0 else 0
+        return torch.ops.mfa.attention_forward(*self.args, seed, 0)
+
+
+def _check_heads(Hq, Hk, Hv, enable_gqa, names):
+    q_name, k_name, v_name = names
+    require(Hk == Hv, f"{k_name} and {v_name} must have the same number of heads, got {Hk} and {Hv}")
+    if Hq != Hk:
+        require(enable_gqa, f"{q_name} has {Hq} heads but {k_name} has {Hk}: pass enable_gqa=True for "
+                            "grouped-query attention")
+        require(Hk > 0 and Hq % Hk == 0,
+                f"{q_name} heads ({Hq}) must be a multiple of {k_name} heads ({Hk}) for grouped-query attention")
+
+
+def _check_alibi(alibi_slopes, q, shapes, description):
+    """ALiBi slopes of one of `shapes`; returned as (1 or batch, heads) fp32."""
+    require(isinstance(alibi_slopes, torch.Tensor), "alibi_slopes must be a torch.Tensor", TypeError)
+    require(alibi_slopes.is_floating_point(), f"alibi_slopes must be floating, got {alibi_slopes.dtype}", TypeError)
+    require(alibi_slopes.device == q.device, f"alibi_slopes is on {alibi_slopes.device} but the query is on {q.device}")
+    require(not alibi_slopes.requires_grad, "alibi_slopes must not require grad: gradients of ALiBi slopes are "
+                                            "not supported")
+    require(tuple(alibi_slopes.shape) in shapes,
+            f"alibi_slopes must have shape {description}, got {tuple(alibi_slopes.shape)}")
+    heads = alibi_slopes.shape[-1]
+    return alibi_slopes.float().reshape(-1, heads).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scaled_dot_product_attention
+
+class _SdpaRequest:
+    """A validated sdpa call: what PyTorch's SDPA lacks for it, and how to run it through the ops."""
+
+    def __init__(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
+                 alibi_slopes, softcap, return_lse):
+        check_float_tensors(query=query, key=key, value=value)
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            require(t.dim() >= 2, f"{name} must have at least 2 dimensions (..., seq_len, head_dim), got shape "
+                                  f"{tuple(t.shape)}")
+        require(key.shape[-1] == query.shape[-1],
+                f"key head_dim {key.shape[-1]} must equal query head_dim {query.shape[-1]}")
+        require(value.shape[-2] == key.shape[-2],
+                f"value seq_len {value.shape[-2]} must equal key seq_len {key.shape[-2]}")
+        head = lambda t: t.shape[-3] if t.dim() >= 3 else 1  # noqa: E731
+        require(isinstance(enable_gqa, bool), "enable_gqa must be a bool", TypeError)
+        _check_heads(head(query), head(key), head(value), enable_gqa, ("query", "key", "value"))
+        batch_of = lambda t: tuple(t.shape[:-3])  # noqa: E731
+        try:
+            self.batch = tuple(torch.broadcast_shapes(batch_of(query), batch_of(key), batch_of(value)))
+        except RuntimeError:
+            raise ValueError(f"batch dimensions of query {batch_of(query)}, key {batch_of(key)} and value "
+                             f"{batch_of(value)} are not broadcastable") from None
+        self.B = math.prod(self.batch)
+        self.q, self.k, self.v = query, key, value
+        self.Hq, self.Hk = head(query), head(key)
+        self.L, self.S, self.E = query.shape[-2], key.shape[-2], query.shape[-1]
+        self.dropout_p = check_dropout(dropout_p)
+        require(isinstance(is_causal, bool), "is_causal must be a bool", TypeError)
+        require(not (is_causal and attn_mask is not None),
+                "attn_mask and is_causal=True cannot be combined: fold the causal structure into attn_mask")
+        self.is_causal, self.enable_gqa = is_causal, enable_gqa
+        self.scale = (1.0 / math.sqrt(self.E) if self.E > 0 else 1.0) if scale is None else \
+            check_finite_number("scale", scale)
+        self.user_scale = scale
+        self.mask = None if attn_mask is None else self._check_mask(attn_mask)
+        left, right = (-1, -1) if window_size is None else check_window(window_size)
+        self.window = (left, 0 if is_causal else right)
+        self.softcap = check_finite_number("softcap", softcap, minimum=0)
+        self.alibi = None
+        if alibi_slopes is not None:
+            self.alibi = _check_alibi(alibi_slopes, query, {(self.Hq,), self.batch + (self.Hq,)},
+                                      f"({self.Hq},) or {self.batch + (self.Hq,)}")
+        require(isinstance(return_lse, bool), "return_lse must be a bool", TypeError)
+        self.torch_lacks = [name for name, wanted in (
+            ("window_size", window_size is not None and tuple(window_size) != (-1, -1)),
+            ("alibi_slopes", alibi_slopes is not None),
+            ("softcap", self.softcap > 0),
+            ("return_lse", return_lse)) if wanted]
+
+    def _check_mask(self, mask):
+        require(isinstance(mask, torch.Tensor), f"attn_mask must be a torch.Tensor, got {type(mask).__name__}",
+                TypeError)
+        require(mask.dtype in (torch.bool, torch.float32, self.q.dtype),
+                f"attn_mask must be bool, float32 or the query's dtype {self.q.dtype}, got {mask.dtype}", TypeError)
+        require(mask.device == self.q.device, f"attn_mask is on {mask.device} but query is on {self.q.device}")
+        full = self.batch + (self.Hq, self.L, self.S)
+        broadcastable = mask.dim() <= len(full) and all(
+            m in (1, f) for m, f in zip(reversed(mask.shape), reversed(full)))
+        require(broadcastable, f"attn_mask of shape {tuple(mask.shape)} is not broadcastable to {full} "
+                               "(batch..., heads, L, S)")
+        return mask
+
+    def torch_sdpa(self):
+        return _torch_sdpa(self.q, self.k, self.v, self.mask, self.dropout_p, self.is_causal, self.user_scale,
+                           enable_gqa=self.enable_gqa)
+
+    def _canonical_qkv(self, t, heads):
+        """(N..., H, L, D) -> contiguous (B, H, L, D); broadcast batch dims are expanded only here."""
+        t = t.reshape((1,) * (len(self.batch) + 3 - t.dim()) + tuple(t.shape))
+        return t.expand(*self.batch, heads, *t.shape[-2:]).reshape(self.B, heads, *t.shape[-2:]).contiguous()
+
+    def _canonical_mask(self):
+        """The mask as 4-D (1 or B, 1 or Hq, 1 or L, 1 or S): broadcast dims stay size 1, never expanded.
+        Only a mask broadcast over some but not all of several batch dims is expanded over those dims."""
+        nb = len(self.batch)
+        m = self.mask.reshape((1,) * (nb + 3 - self.mask.dim()) + tuple(self.mask.shape))
+        if all(d == 1 for d in m.shape[:nb]):
+            return m.reshape(1, *m.shape[nb:])
+        return m.expand(*self.batch, *m.shape[nb:]).reshape(self.B, *m.shape[nb:])
+
+    def run_ops(self):
+        q = self._canonical_qkv(self.q, self.Hq)
+        k = self._canonical_qkv(self.k, self.Hk)
+        v = self._canonical_qkv(self.v, self.Hk)
+        mask = None if self.mask is None else self._canonical_mask()
+        out, lse = _OpCall(q, k, v, mask=mask, alibi=self.alibi, scale=self.scale, window=self.window,
+                           softcap=self.softcap, dropout_p=self.dropout_p).run()
+        lead = self.batch + (self.Hq,) if self.q.dim() >= 3 else ()
+        return out.reshape(*lead, self.L, out.shape[-1]), lse.reshape(*lead, self.L)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, window_size=None, alibi_slopes=None, softcap=0.0,
+                                 return_lse=False):
+    """Drop-in for torch.nn.functional.scaled_dot_product_attention, with keyword-only extras.
+
+    window_size=(left, right): query i attends keys i - left .. i + right (-1 = unbounded), aligned to the
+    upper left like is_causal (which forces right = 0). alibi_slopes (Hq,) or (N..., Hq): adds
+    -slope * |i - j|. softcap > 0: scores = softcap * tanh(scores / softcap) before ALiBi and masks.
+    return_lse=True also returns the log-sum-exp, fp32, natural log, shape (N..., Hq, L).
+    Rows that attend no key give 0 (and lse -inf, zero gradients), never NaN.
+    """
+    request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
+                           alibi_slopes, softcap, return_lse)
+    route = routing.choose(query.device, request.torch_lacks)
+    if route.name == "torch-sdpa":
+        return request.torch_sdpa()
+    out, lse = request.run_ops()
+    return (out, lse) if return_lse else out
+
+
+def explain(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
+            window_size=None, alibi_slopes=None, softcap=0.0, return_lse=False):
+    """Which route scaled_dot_product_attention would take for these arguments, and why (a short string)."""
+    request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
+                           alibi_slopes, softcap, return_lse)
+    return str(routing.choose(query.device, request.torch_lacks))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FlashAttention API
+
+def _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, head_dim):
+    require(isinstance(causal, bool), "causal must be a bool", TypeError)
+    left, right = check_window(window_size)
+    scale = (1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0) if softmax_scale is None else \
+        check_finite_number("softmax_scale", softmax_scale)
+    return (check_dropout(dropout_p), scale, (left, 0 if causal else right),
+            check_finite_number("softcap", softcap, minimum=0))
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """FlashAttention's flash_attn_func: q (B, Sq, H, D), k/v (B, Sk, Hk, D/Dv), H a multiple of Hk.
+
+    Causal and windows are aligned to the bottom right. Returns out (B, Sq, H, Dv); with
+    return_attn_probs=True returns (out, lse (B, H, Sq) fp32, None). `deterministic` is accepted for
+    compatibility: mfa_torch's backward is always deterministic.
+    """
+    check_float_tensors(q=q, k=k, v=v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        require(t.dim() == 4, f"{name} must be 4-D (batch, seqlen, heads, head_dim), got shape {tuple(t.shape)}")
+    B, Sq, H, D = q.shape
+    require(k.shape[0] == B and v.shape[0] == B, f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    require(k.shape[3] == D, f"k head_dim {k.shape[3]} must equal q head_dim {D}")
+    require(v.shape[1] == k.shape[1], f"v seqlen {v.shape[1]} must equal k seqlen {k.shape[1]}")
+    _check_heads(H, k.shape[2], v.shape[2], True, ("q", "k", "v"))
+    dropout_p, scale, window, softcap = _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, D)
+    alibi = None if alibi_slopes is None else _check_alibi(alibi_slopes, q, {(H,), (B, H)}, f"({H},) or ({B}, {H})")
+    require(isinstance(return_attn_probs, bool), "return_attn_probs must be a bool", TypeError)
+    Sk = k.shape[1]
+    torch_lacks = [name for name, wanted in (
+        ("window_size", tuple(window_size) != (-1, -1)),
+        ("bottom-right causal alignment with seqlen_q != seqlen_k", causal and Sq != Sk),
+        ("alibi_slopes", alibi is not None),
+        ("softcap", softcap > 0),
+        ("return_attn_probs (log-sum-exp)", return_attn_probs)) if wanted]
+    route = routing.choose(q.device, torch_lacks)
+    if route.name == "torch-sdpa":
+        out = _torch_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, dropout_p, causal,
+                          softmax_scale, enable_gqa=H != k.shape[2])
+        return out.transpose(1, 2).contiguous()
+    canonical = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
+    out, lse = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, scale=scale, window=window,
+                       bottom_right=True, softcap=softcap, dropout_p=dropout_p).run()
+    out = out.transpose(1, 2).contiguous()
+    return (out, lse, None) if return_attn_probs else out
+
+
+def _check_cu_seqlens(name, cu, device, total):
+    require(isinstance(cu, torch.Tensor), f"{name} must be a torch.Tensor", TypeError)
+    require(cu.dtype == torch.int32, f"{name} must be int32, got {cu.dtype}", TypeError)
+    require(cu.dim() == 1 and cu.shape[0] >= 1, f"{name} must be 1-D of length batch + 1, got shape "
+                                                f"{tuple(cu.shape)}")
+    require(cu.device == device, f"{name} is on {cu.device} but q is on {device}")
+    values = cu.tolist()
+    require(values[0] == 0, f"{name} must start at 0, got {values[0]}")
+    require(all(a <= b for a, b in zip(values, values[1:])), f"{name} must be non-decreasing, got {values}")
+    require(values[-1] <= total, f"{name} ends at {values[-1]}, beyond the {total} packed tokens")
+    return max((b - a for a, b in zip(values, values[1:])), default=0)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False):
+    """FlashAttention's varlen API: sequences packed along dim 0, q (total_q, H, D), k/v (total_k, Hk, D/Dv),
+    cu_seqlens int32 (batch + 1,) starting at 0. Each sequence attends within itself, causal and windows
+    aligned to its bottom right. Returns out (total_q, H, Dv); with return_attn_probs=True
+    (out, lse (H, total_q) fp32, None). Rows past cu_seqlens_q[-1] get 0."""
+    check_float_tensors(q=q, k=k, v=v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        require(t.dim() == 3, f"{name} must be 3-D (total_tokens, heads, head_dim), got shape {tuple(t.shape)}")
+    total_q, H, D = q.shape
+    require(k.shape[2] == D, f"k head_dim {k.shape[2]} must equal q head_dim {D}")
+    require(v.shape[0] == k.shape[0], f"v total tokens {v.shape[0]} must equal k total tokens {k.shape[0]}")
+    _check_heads(H, k.shape[1], v.shape[1], True, ("q", "k", "v"))
+    longest_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, total_q)
+    longest_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, k.shape[0])
+    require(cu_seqlens_q.shape == cu_seqlens_k.shape,
+            f"cu_seqlens_q and cu_seqlens_k must have the same length, got {cu_seqlens_q.shape[0]} and "
+            f"{cu_seqlens_k.shape[0]}")
+    for name, given, longest in (("max_seqlen_q", max_seqlen_q, longest_q), ("max_seqlen_k", max_seqlen_k, longest_k)):
+        require(isinstance(given, numbers.Integral), f"{name} must be an int, got {type(given).__name__}", TypeError)
+        require(given >= longest, f"{name} ({given}) is smaller than the longest sequence ({longest})")
+    dropout_p, scale, window, softcap = _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, D)
+    batch = cu_seqlens_q.shape[0] - 1
+    alibi = None if alibi_slopes is None else \
+        _check_alibi(alibi_slopes, q, {(H,), (batch, H)}, f"({H},) or ({batch}, {H})")
+    require(isinstance(return_attn_probs, bool), "return_attn_probs must be a bool", TypeError)
+    routing.choose(q.device, ["varlen (cu_seqlens)"])  # raises for backends that cannot take the call
+    canonical = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()  # noqa: E731
+    out, lse = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
+                       max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window,
+                       bottom_right=True, softcap=softcap, dropout_p=dropout_p).run()
+    out = out[0].transpose(0, 1).contiguous()
+    return (out, lse[0], None) if return_attn_probs else out

@@ -1,0 +1,179 @@
+"""torch.library glue for the mfa ops declared in csrc/ops.cpp: argument checks, fake kernels, the
+per-device kernels of the reference route, and autograd.
+
+The ops take the one canonical form documented in csrc/ops.cpp; mfa_torch/attention.py and gemm.py turn
+user-facing arguments into it.
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the op schemas)
+from . import reference
+from ._validation import FLOAT_DTYPES as _FLOATS
+from ._validation import require as _check
+
+
+def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
+                          dropout_p):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check(t.dim() == 4, f"{name} must be 4-D (batch, heads, seqlen, head_dim), got shape {tuple(t.shape)}")
+        _check(t.dtype in _FLOATS, f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        _check(t.device == q.device, f"{name} is on {t.device} but q is on {q.device}")
+        _check(t.dtype == q.dtype, f"{name} has dtype {t.dtype} but q has {q.dtype}")
+    B, Hq, L, E = q.shape
+    _check(k.shape[0] == B and v.shape[0] == B, f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    Hk, S = k.shape[1], k.shape[2]
+    _check(k.shape[3] == E, f"k head_dim {k.shape[3]} != q head_dim {E}")
+    _check(v.shape[1] == Hk and v.shape[2] == S, f"v shape {tuple(v.shape)} does not match k shape {tuple(k.shape)}")
+    _check(Hk > 0 and Hq % Hk == 0 or Hq == Hk == 0, f"q heads ({Hq}) must be a multiple of k heads ({Hk})")
+    if mask is not None:
+        _check(mask.dim() == 4, f"mask must be 4-D, got shape {tuple(mask.shape)}")
+        _check(mask.dtype == torch.bool or mask.dtype in _FLOATS, f"mask must be bool or floating, got {mask.dtype}")
+        _check(mask.device == q.device, f"mask is on {mask.device} but q is on {q.device}")
+        for dim, (m, full) in enumerate(zip(mask.shape, (B, Hq, L, S))):
+            _check(m in (1, full), f"mask dim {dim} has size {m}, expected 1 or {full} (shape {(B, Hq, L, S)})")
+        _check(cu_q is None, "mask is not supported together with cu_seqlens")
+    if alibi is not None:
+        _check(alibi.dim() == 2 and alibi.shape[0] in (1, B if cu_q is None else cu_q.shape[0] - 1)
+               and alibi.shape[1] == Hq, f"alibi_slopes must have shape (1 or batch, {Hq}), got {tuple(alibi.shape)}")
+        _check(alibi.dtype == torch.float32, f"alibi_slopes must be float32, got {alibi.dtype}")
+        _check(alibi.device == q.device, f"alibi_slopes is on {alibi.device} but q is on {q.device}")
+    _check((cu_q is None) == (cu_k is None), "cu_seqlens_q and cu_seqlens_k must be given together")
+    if cu_q is not None:
+        _check(B == 1, f"varlen inputs must have batch size 1 (packed sequences), got {B}")
+        for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+            _check(cu.dim() == 1 and cu.dtype == torch.int32 and cu.shape[0] >= 1,
+                   f"{name} must be a 1-D int32 tensor of length batch + 1")
+        _check(cu_q.shape == cu_k.shape, "cu_seqlens_q and cu_seqlens_k must have the same length")
+        _check(max_q >= 0 and max_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0")
+    for name, w in (("window_left", left), ("window_right", right)):
+        _check(w >= -1, f"{name} must be >= -1 (-1 = unbounded), got {w}")
+    _check(scale == scale and abs(scale) != float("inf"), f"scale must be finite, got {scale}")
+    _check(softcap >= 0 and softcap != float("inf"), f"softcap must be finite and >= 0, got {softcap}")
+    _check(0 <= dropout_p < 1, f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+@torch.library.register_fake("mfa::attention_forward")
+def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                            scale, window_left, window_right, bottom_right, softcap, dropout_p, seed, offset):
+    _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          scale, window_left, window_right, softcap, dropout_p)
+    B, Hq, L, _ = q.shape
+    return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, dtype=reference.lse_dtype(q.dtype))
+
+
+@torch.library.register_fake("mfa::attention_backward")
+def _attention_backward_fake(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                             max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
+                             dropout_p, seed, offset, mask_grad):
+    dmask = torch.empty_like(mask) if mask_grad else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+
+
+def _check_gemm_args(a, b, bias):
+    for name, t in (("a", a), ("b", b)):
+        _check(t.dim() == 3, f"{name} must be 3-D (batch, rows, cols), got shape {tuple(t.shape)}")
+        _check(t.dtype in _FLOATS, f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    _check(b.dtype == a.dtype and b.device == a.device, f"b ({b.dtype}, {b.device}) must match a ({a.dtype}, {a.device})")
+    _check(a.shape[2] == b.shape[1], f"inner dimensions differ: a {tuple(a.shape)}, b {tuple(b.shape)}")
+    _check(a.shape[0] == b.shape[0] or 1 in (a.shape[0], b.shape[0]),
+           f"batch sizes must match or be 1: a {a.shape[0]}, b {b.shape[0]}")
+    if bias is not None:
+        _check(bias.shape == (b.shape[2],), f"bias must have shape ({b.shape[2]},), got {tuple(bias.shape)}")
+        _check(bias.dtype == a.dtype and bias.device == a.device, "bias must match a's dtype and device")
+
+
+@torch.library.register_fake("mfa::gemm")
+def _gemm_fake(a, b, bias):
+    _check_gemm_args(a, b, bias)
+    return a.new_empty(max(a.shape[0], b.shape[0]), a.shape[1], b.shape[2])
+
+
+# --- kernels of the reference route: every device type; the Metal executor registers MPS in C++ -------------
+
+@torch.library.register_kernel("mfa::attention_forward", None)
+def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
+                                 seed, offset):
+    _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          scale, window_left, window_right, softcap, dropout_p)
+    return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                       max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
+                                       dropout_p, seed, offset)
+
+
+@torch.library.register_kernel("mfa::attention_backward", None)
+def _attention_backward_reference(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                                  max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right,
+                                  softcap, dropout_p, seed, offset, mask_grad):
+    _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          scale, window_left, window_right, softcap, dropout_p)
+    _check(grad_out.shape == out.shape, f"grad_out shape {tuple(grad_out.shape)} != out shape {tuple(out.shape)}")
+    _check(not mask_grad or (mask is not None and mask.dtype != torch.bool), "mask_grad needs a floating mask")
+    return reference.attention_backward(grad_out.contiguous(), q, k, v, out, lse, mask, alibi_slopes,
+                                        cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left,
+                                        window_right, bottom_right, softcap, dropout_p, seed, offset, mask_grad)
+
+
+@torch.library.register_kernel("mfa::gemm", None)
+def _gemm_reference(a, b, bias):
+    _check_gemm_args(a, b, bias)
+    return reference.gemm(a, b, bias)
+
+
+# --- autograd -----------------------------------------------------------------------------------------------
+
+_ATTENTION_OPTIONS = ("mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
+                      "scale", "window_left", "window_right", "bottom_right", "softcap", "dropout_p", "seed",
+                      "offset")
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v = inputs[:3]
+    options = dict(zip(_ATTENTION_OPTIONS, inputs[3:]))
+    out, lse = output
+    mask = options["mask"]
+    ctx.mask_grad = mask is not None and mask.requires_grad
+    ctx.options = {name: value for name, value in options.items() if not isinstance(value, torch.Tensor)}
+    ctx.save_for_backward(q, k, v, out, lse, mask, options["alibi_slopes"], options["cu_seqlens_q"],
+                          options["cu_seqlens_k"])
+    ctx.mark_non_differentiable(lse)  # like FlashAttention: the log-sum-exp is an auxiliary output
+
+
+def _attention_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, mask, alibi, cu_q, cu_k = ctx.saved_tensors
+    o = ctx.options
+    dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
+        grad_out.contiguous(), q, k, v, out, lse, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
+        o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"],
+        o["seed"], o["offset"], ctx.mask_grad)
+    return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 1)
+
+
+torch.library.register_autograd("mfa::attention_forward", _attention_backward,
+                                setup_context=_attention_setup_context)
+
+
+def _gemm_setup_context(ctx, inputs, output):
+    a, b, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(a, b)
+
+
+def _sum_to_batch(grad, batch):
+    """Gradients of an operand broadcast over the batch are summed back to its batch size of 1."""
+    return grad.sum(0, keepdim=True) if batch == 1 and grad.shape[0] != 1 else grad
+
+
+def _gemm_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    grad_a = grad_b = grad_bias = None
+    if ctx.needs_input_grad[0]:  # dA = dC x B^T, the transpose read through strides
+        grad_a = _sum_to_batch(torch.ops.mfa.gemm(grad, b.transpose(1, 2), None), a.shape[0])
+    if ctx.needs_input_grad[1]:  # dB = A^T x dC
+        grad_b = _sum_to_batch(torch.ops.mfa.gemm(a.transpose(1, 2), grad, None), b.shape[0])
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad.sum((0, 1))
+    return grad_a, grad_b, grad_bias
+
+
+torch.library.register_autograd("mfa::gemm", _gemm_backward, setup_context=_gemm_setup_context)

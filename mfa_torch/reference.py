@@ -1,0 +1,293 @@
+"""Memory-bounded PyTorch kernels for the mfa ops on devices without Metal kernels.
+
+This is the *reference route* that users get on CPU/CUDA for features PyTorch's SDPA lacks. It is NOT the
+test oracle (the tests carry their own naive fp64 attention).
+
+Attention is computed over query blocks x key blocks with an online softmax (FlashAttention's algorithm in
+PyTorch operations): the extra memory is one block of scores per (batch, head), never L x S. Blocks that
+the causal/window structure masks completely are skipped. The backward recomputes the scores block by
+block from q, k and the saved log-sum-exp. Accumulation is in fp32 (fp64 for fp64 inputs).
+"""
+import math
+
+import torch
+
+_BLOCK_ELEMENTS = 1 << 22  # scores per block across all (batch, head) pairs: bounds the extra memory
+_MASK32 = 0xFFFFFFFF
+
+
+def _block_size(batch_heads):
+    side = int(math.sqrt(_BLOCK_ELEMENTS / max(batch_heads, 1)))
+    return max(16, min(512, 1 << (side.bit_length() - 1)))
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lse_dtype(dtype):
+    """The log-sum-exp is fp32 (fp64 for fp64 inputs, whose gradients would otherwise lose precision)."""
+    return _acc_dtype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dropout: a counter-based keep mask, regenerated from (seed, offset, batch, head, row, column) so that the
+# forward and the backward agree without storing it. Metal kernels implement the same function.
+# Multipliers stay below 2^31 so every product of a 32-bit value fits in a signed 64-bit integer.
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
+
+
+def _seed_keys(seed):
+    seed_lo, seed_hi = seed & _MASK32, (seed >> 32) & _MASK32
+    return _mix32(seed_lo ^ 0x9E3779B9), _mix32(seed_hi ^ 0x7F4A7C15)
+
+
+def _keep(seed, offset, p, counter):
+    """Keep mask for int64 counters: keep with probability 1 - p."""
+    key_lo, key_hi = _seed_keys(seed)
+    lo, hi = counter & _MASK32, (counter >> 32) & _MASK32
+    h = _mix32(_mix32(lo ^ key_lo) ^ hi ^ key_hi)
+    return h >= int(p * 4294967296.0)
+
+
+def _counters(offset, heads, rows, cols, b, h, i, j):
+    """Counter of element (b, h, i, j) of a dense (B, heads, rows, cols) problem; arguments broadcast."""
+    return offset + ((b * heads + h) * rows + i) * cols + j
+
+
+def dropout_keep_mask(seed, offset, batch, heads, L, S, p, device="cpu"):
+    """The (batch, heads, L, S) bool keep mask the mfa ops use for dropout probability p and (seed, offset).
+
+    Debug entry point: lets tests and users reproduce exactly which attention probabilities were kept.
+    For varlen calls, batch is the sequence index and L, S are max_seqlen_q, max_seqlen_k.
+    """
+    ar = lambda n: torch.arange(n, dtype=torch.int64, device=device)  # noqa: E731
+    counter = _counters(offset, heads, L, S, ar(batch).view(-1, 1, 1, 1), ar(heads).view(1, -1, 1, 1),
+                        ar(L).view(1, 1, -1, 1), ar(S).view(1, 1, 1, -1))
+    return _keep(seed, offset, p, counter)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One dense problem: q (B, Hk, G, L, E), k (B, Hk, 1, S, E), v (B, Hk, 1, S, Ev) in the accumulation dtype.
+
+class _Problem:
+    """A dense attention problem in grouped layout plus everything needed to score one block."""
+
+    def __init__(self, q, k, v, mask, alibi, scale, window, bottom_right, softcap, dropout, batch0, rng_dims):
+        B, Hq, L, E = q.shape
+        Hk, S = k.shape[1], k.shape[2]
+        self.G = Hq // Hk
+        self.B, self.Hq, self.Hk, self.L, self.S = B, Hq, Hk, L, S
+        acc = _acc_dtype(q.dtype)
+        self.q = q.view(B, Hk, self.G, L, E)
+        self.k = k.unsqueeze(2)
+        self.v = v.unsqueeze(2)
+        self.acc = acc
+        self.mask = mask
+        self.alibi = None if alibi is None else alibi.to(acc).view(alibi.shape[0], Hk, self.G, 1, 1)
+        self.scale, self.softcap = scale, softcap
+        self.left, self.right = window
+        self.diag = S - L if bottom_right else 0  # key index on the diagonal of query row 0
+        self.dropout = dropout  # None or (p, seed, offset)
+        self.batch0, self.rng_dims = batch0, rng_dims  # where this problem sits in the dropout counter space
+        self.block_q = self.block_k = _block_size(B * Hq)
+
+    def key_range(self, i0, i1):
+        """Keys [lo, hi) that rows [i0, i1) may attend under the causal/window structure."""
+        lo = 0 if self.left < 0 else max(0, i0 + self.diag - self.left)
+        hi = self.S if self.right < 0 else min(self.S, i1 - 1 + self.diag + self.right + 1)
+        return lo, hi
+
+    def key_blocks(self, i0, i1):
+        lo, hi = self.key_range(i0, i1)
+        start = lo - lo % self.block_k
+        return [(j0, min(j0 + self.block_k, hi)) for j0 in range(start, hi, self.block_k)]
+
+    def scores(self, i0, i1, j0, j1):
+        """Scores of block (rows i0:i1, keys j0:j1) as (B, Hk, G, bq, bk), -inf where not allowed;
+        plus tanh(raw / softcap) for the backward when softcap is on."""
+        qb = self.q[:, :, :, i0:i1].to(self.acc)
+        kb = self.k[:, :, :, j0:j1].to(self.acc)
+        s = torch.matmul(qb, kb.transpose(-1, -2)) * self.scale
+        capped = None
+        if self.softcap > 0:
+            capped = torch.tanh(s / self.softcap)
+            s = capped * self.softcap
+        rows = torch.arange(i0, i1, device=s.device).view(-1, 1) + self.diag
+        cols = torch.arange(j0, j1, device=s.device).view(1, -1)
+        if self.alibi is not None:
+            s = s - self.alibi * (rows - cols).abs().to(self.acc)
+        if self.mask is not None:
+            m = self._mask_block(i0, i1, j0, j1)
+            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(self.acc)
+        allowed = torch.ones_like(rows - cols, dtype=torch.bool)
+        if self.left >= 0:
+            allowed &= cols >= rows - self.left
+        if self.right >= 0:
+            allowed &= cols <= rows + self.right
+        if not bool(allowed.all()):
+            s = s.masked_fill(~allowed, float("-inf"))
+        return s, capped
+
+    def _mask_block(self, i0, i1, j0, j1):
+        m = self.mask
+        m = m[:, :, i0:i1] if m.shape[2] > 1 else m
+        m = m[..., j0:j1] if m.shape[3] > 1 else m
+        Bm, Hm = m.shape[0], m.shape[1]
+        return m.reshape(Bm, self.Hk, self.G, *m.shape[2:]) if Hm > 1 else m.unsqueeze(2)
+
+    def keep_scale(self, i0, i1, j0, j1, like):
+        """Dropout multiplier for the block (0 or 1/(1-p)), or None without dropout."""
+        if self.dropout is None:
+            return None
+        p, seed, offset = self.dropout
+        heads, rows, cols = self.rng_dims
+        dev = like.device
+        b = torch.arange(self.B, device=dev).view(-1, 1, 1, 1, 1) + self.batch0
+        h = torch.arange(self.Hq, device=dev).view(1, self.Hk, self.G, 1, 1)
+        i = torch.arange(i0, i1, device=dev).view(1, 1, 1, -1, 1)
+        j = torch.arange(j0, j1, device=dev).view(1, 1, 1, 1, -1)
+        keep = _keep(seed, offset, p, _counters(offset, heads, rows, cols, b, h, i, j))
+        return keep.to(like.dtype) / (1.0 - p)
+
+
+def _forward_dense(pb):
+    """Returns out (B, Hq, L, Ev) and lse (B, Hq, L), both in the accumulation dtype."""
+    B, Hk, G, L, S = pb.B, pb.Hk, pb.G, pb.L, pb.S
+    Ev = pb.v.shape[-1]
+    out = torch.zeros(B, Hk, G, L, Ev, dtype=pb.acc, device=pb.q.device)
+    lse = torch.full((B, Hk, G, L), float("-inf"), dtype=pb.acc, device=pb.q.device)
+    for i0 in range(0, L, pb.block_q):
+        i1 = min(i0 + pb.block_q, L)
+        row_max = torch.full((B, Hk, G, i1 - i0), float("-inf"), dtype=pb.acc, device=pb.q.device)
+        row_sum = torch.zeros_like(row_max)
+        acc = out[:, :, :, i0:i1]
+        for j0, j1 in pb.key_blocks(i0, i1):
+            s, _ = pb.scores(i0, i1, j0, j1)
+            new_max = torch.maximum(row_max, s.amax(-1))
+            # Rows that have seen no allowed key yet keep max -inf: shift by 0 instead (exp(-inf) = 0, no NaN).
+            shift = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
+            correction = torch.exp(row_max - shift)
+            p = torch.exp(s - shift.unsqueeze(-1))
+            row_sum = row_sum * correction + p.sum(-1)
+            keep = pb.keep_scale(i0, i1, j0, j1, p)
+            if keep is not None:
+                p = p * keep
+            acc.mul_(correction.unsqueeze(-1)).add_(torch.matmul(p, pb.v[:, :, :, j0:j1].to(pb.acc)))
+            row_max = new_max
+        attended = row_sum > 0
+        acc.div_(torch.where(attended, row_sum, torch.ones_like(row_sum)).unsqueeze(-1))
+        lse[:, :, :, i0:i1] = torch.where(attended, row_max + torch.log(row_sum), lse[:, :, :, i0:i1])
+    return out.view(B, pb.Hq, L, Ev), lse.view(B, pb.Hq, L)
+
+
+def _backward_dense(pb, grad_out, out, lse, dmask):
+    """Returns dq (B, Hq, L, E), dk (B, Hk, S, E), dv (B, Hk, S, Ev) in the accumulation dtype;
+    accumulates the score gradient into dmask (the mask's own shape) when given."""
+    B, Hk, G, L, S = pb.B, pb.Hk, pb.G, pb.L, pb.S
+    E, Ev = pb.q.shape[-1], pb.v.shape[-1]
+    dO = grad_out.to(pb.acc).view(B, Hk, G, L, Ev)
+    delta = (dO * out.to(pb.acc).view(B, Hk, G, L, Ev)).sum(-1)  # D = rowsum(dO * O)
+    # Rows that attend nothing have lse -inf: shifting by +inf makes their probabilities exactly 0.
+    lse = lse.to(pb.acc).view(B, Hk, G, L)
+    lse = torch.where(lse == float("-inf"), torch.full_like(lse, float("inf")), lse)
+    dq = torch.zeros(B, Hk, G, L, E, dtype=pb.acc, device=dO.device)
+    dk = torch.zeros(B, Hk, S, E, dtype=pb.acc, device=dO.device)
+    dv = torch.zeros(B, Hk, S, Ev, dtype=pb.acc, device=dO.device)
+    for i0 in range(0, L, pb.block_q):
+        i1 = min(i0 + pb.block_q, L)
+        qb = pb.q[:, :, :, i0:i1].to(pb.acc)
+        dOb = dO[:, :, :, i0:i1]
+        for j0, j1 in pb.key_blocks(i0, i1):
+            s, capped = pb.scores(i0, i1, j0, j1)
+            p = torch.exp(s - lse[:, :, :, i0:i1].unsqueeze(-1))
+            keep = pb.keep_scale(i0, i1, j0, j1, p)
+            kb = pb.k[:, :, 0, j0:j1].to(pb.acc)
+            vb = pb.v[:, :, 0, j0:j1].to(pb.acc)
+            p_dropped = p if keep is None else p * keep
+            dv[:, :, j0:j1] += torch.einsum("bhgqk,bhgqe->bhke", p_dropped, dOb)
+            dp = torch.einsum("bhgqe,bhke->bhgqk", dOb, vb)
+            if keep is not None:
+                dp = dp * keep
+            ds = p * (dp - delta[:, :, :, i0:i1].unsqueeze(-1))
+            if dmask is not None:
+                _accumulate_mask_grad(dmask, ds.view(B, pb.Hq, i1 - i0, j1 - j0), i0, i1, j0, j1)
+            if capped is not None:
+                ds = ds * (1 - capped * capped)
+            dq[:, :, :, i0:i1] += torch.einsum("bhgqk,bhke->bhgqe", ds, kb) * pb.scale
+            dk[:, :, j0:j1] += torch.einsum("bhgqk,bhgqe->bhke", ds, qb) * pb.scale
+    return dq.view(B, pb.Hq, L, E), dk, dv
+
+
+def _accumulate_mask_grad(dmask, ds, i0, i1, j0, j1):
+    """Add the score gradient of a block to a broadcast mask's gradient, summing over its size-1 dims."""
+    reduce_dims = [d for d in range(4) if dmask.shape[d] == 1 and ds.shape[d] > 1]
+    if reduce_dims:
+        ds = ds.sum(reduce_dims, keepdim=True)
+    rows = slice(i0, i1) if dmask.shape[2] > 1 else slice(None)
+    cols = slice(j0, j1) if dmask.shape[3] > 1 else slice(None)
+    dmask[:, :, rows, cols] += ds.to(dmask.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The op kernels: split varlen batches into dense problems.
+
+def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bottom_right, softcap,
+              dropout_p, seed, offset):
+    """Yields (query rows, key rows, problem) for each dense problem of the canonical arguments."""
+    dropout = (dropout_p, seed, offset) if dropout_p > 0 else None
+    Hq = q.shape[1]
+    if cu_q is None:
+        yield slice(None), slice(None), _Problem(
+            q, k, v, mask, alibi, scale, window, bottom_right, softcap, dropout, 0, (Hq, q.shape[2], k.shape[2]))
+        return
+    starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+    for b in range(len(starts_q) - 1):
+        rows, keys = slice(starts_q[b], starts_q[b + 1]), slice(starts_k[b], starts_k[b + 1])
+        slopes = None if alibi is None else alibi[b:b + 1] if alibi.shape[0] > 1 else alibi
+        yield rows, keys, _Problem(q[:, :, rows], k[:, :, keys], v[:, :, keys], None, slopes, scale, window,
+                                      bottom_right, softcap, dropout, b, (Hq, max_q, max_k))
+
+
+def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                      scale, window_left, window_right, bottom_right, softcap, dropout_p, seed, offset):
+    B, Hq, L, _ = q.shape
+    out = torch.zeros(B, Hq, L, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.full((B, Hq, L), float("-inf"), dtype=lse_dtype(q.dtype), device=q.device)
+    for rows, _, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
+                                    dropout_p, seed, offset):
+        o, l = _forward_dense(pb)
+        out[:, :, rows] = o.to(q.dtype)
+        lse[:, :, rows] = l
+    return out, lse
+
+
+def attention_backward(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                       max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
+                       dropout_p, seed, offset, mask_grad):
+    acc = _acc_dtype(q.dtype)
+    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+    dk = torch.zeros(k.shape, dtype=acc, device=q.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=q.device)
+    dmask = torch.zeros(mask.shape, dtype=acc, device=q.device) if mask_grad else None
+    for rows, keys, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                       max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
+                                       dropout_p, seed, offset):
+        gq, gk, gv = _backward_dense(pb, grad_out[:, :, rows], out[:, :, rows], lse[:, :, rows], dmask)
+        dq[:, :, rows] = gq
+        dk[:, :, keys] = gk
+        dv[:, :, keys] = gv
+    dmask = dmask.to(mask.dtype) if mask_grad else q.new_empty(0)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dmask
+
+
+def gemm(a, b, bias):
+    out = torch.matmul(a, b)
+    return out + bias if bias is not None else out
