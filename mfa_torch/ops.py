@@ -52,6 +52,21 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
     _check(0 <= dropout_p < 1, f"dropout_p must be in [0, 1), got {dropout_p}")
 
 
+def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
+    """Checks of the varlen offsets' values, which only a running kernel can read (not fake tensors)."""
+    if cu_q is None:
+        return
+    for name, cu, total, max_len, max_name in (("cu_seqlens_q", cu_q, total_q, max_q, "max_seqlen_q"),
+                                               ("cu_seqlens_k", cu_k, total_k, max_k, "max_seqlen_k")):
+        values = cu.tolist()
+        _check(values[0] == 0, f"{name} must start at 0, got {values[0]}")
+        lengths = [b - a for a, b in zip(values, values[1:])]
+        _check(all(n >= 0 for n in lengths), f"{name} must be non-decreasing, got {values}")
+        _check(values[-1] <= total, f"{name} ends at {values[-1]}, beyond the {total} packed tokens")
+        _check(max(lengths, default=0) <= max_len,
+               f"{max_name} ({max_len}) is smaller than the longest sequence ({max(lengths)})")
+
+
 @torch.library.register_fake("mfa::attention_forward")
 def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                             scale, window_left, window_right, bottom_right, softcap, dropout_p, seed, offset):
@@ -96,6 +111,7 @@ def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_s
                                  seed, offset):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p)
+    _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
     return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
                                        dropout_p, seed, offset)
@@ -151,6 +167,15 @@ def _attention_backward(ctx, grad_out, _grad_lse):
 
 torch.library.register_autograd("mfa::attention_forward", _attention_backward,
                                 setup_context=_attention_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError("mfa::attention_backward: double backward (gradients of attention gradients) is not "
+                       "supported")
+
+
+torch.library.register_autograd("mfa::attention_backward", _refuse_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
 
 
 def _gemm_setup_context(ctx, inputs, output):

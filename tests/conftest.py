@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `mps` need an Apple GPU: skip them (visibly) everywhere else."""
+    if torch.backends.mps.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an Apple GPU (MPS device)")
+    for item in items:
+        if item.get_closest_marker("mps") is not None:
+            item.add_marker(skip)
