@@ -9,7 +9,8 @@
 //         -1 = unbounded; causal is window_right = 0. offset = 0 (upper-left) or S - L (bottom_right).
 //   cu_seqlens_q / cu_seqlens_k: varlen (B must be 1; each sequence attends within itself).
 //   softcap > 0: scores = softcap * tanh(scores / softcap), before alibi and mask.
-//   dropout_p with (seed, offset): a counter-based keep mask regenerated identically in the backward.
+//   dropout_p with dropout_seed, an int64 CPU tensor (seed, offset) (a tensor so that torch.compile can trace
+//         drawing it): a counter-based keep mask regenerated identically in the backward.
 // Outputs: out (B, Hq, L, Ev) in q's dtype, lse (B, Hq, L) fp32 (fp64 for fp64 inputs) natural log (-inf for rows attending nothing).
 #include <torch/extension.h>
 
@@ -17,14 +18,14 @@ TORCH_LIBRARY(mfa, m) {
   m.def(
       "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? alibi_slopes, "
       "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale, "
-      "int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, int seed, "
-      "int offset) -> (Tensor out, Tensor lse)");
+      "int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, "
+      "Tensor? dropout_seed) -> (Tensor out, Tensor lse)");
   // dmask is the gradient of a float mask (same shape as mask) when mask_grad is true, else an empty tensor.
   m.def(
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask, "
       "Tensor? alibi_slopes, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
       "float scale, int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, "
-      "int seed, int offset, bool mask_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dmask)");
+      "Tensor? dropout_seed, bool mask_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dmask)");
   // GEMM, canonical form: a (Ba, M, K), b (Bb, K, N) with Ba, Bb in {1, B}; any strides (transposes are
   // read through them); bias (N,) or none. Result (B, M, N) in the inputs' dtype, fp32 accumulation.
   m.def("gemm(Tensor a, Tensor b, Tensor? bias) -> Tensor");

@@ -30,9 +30,11 @@ class _OpCall:
 
     def run(self):
         dropout_p = self.args[-1]
-        # The keep mask is keyed by a seed drawn from torch's default generator: torch.manual_seed reproduces it.
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0 else 0
-        return torch.ops.mfa.attention_forward(*self.args, seed, 0)
+        # The keep mask is keyed by (seed, offset) with the seed drawn from torch's default generator, so
+        # torch.manual_seed reproduces it; a tensor keeps the draw traceable by torch.compile.
+        seed = torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64), torch.zeros((), dtype=torch.int64)]) \
+            if dropout_p > 0 else None
+        return torch.ops.mfa.attention_forward(*self.args, seed)
 
 
 def _check_heads(Hq, Hk, Hv, enable_gqa, names):
@@ -235,8 +237,8 @@ def _check_cu_seqlens(name, cu, device):
     and reading them here would break torch.compile tracing)."""
     require(isinstance(cu, torch.Tensor), f"{name} must be a torch.Tensor", TypeError)
     require(cu.dtype == torch.int32, f"{name} must be int32, got {cu.dtype}", TypeError)
-    require(cu.dim() == 1 and cu.shape[0] >= 1, f"{name} must be 1-D of length batch + 1, got shape "
-                                                f"{tuple(cu.shape)}")
+    require(cu.dim() == 1 and cu.shape[0] >= 2, f"{name} must be 1-D of length batch + 1 (at least 2), got "
+                                                f"shape {tuple(cu.shape)}")
     require(cu.device == device, f"{name} is on {cu.device} but q is on {device}")
 
 

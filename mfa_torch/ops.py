@@ -13,7 +13,7 @@ from ._validation import require as _check
 
 
 def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
-                          dropout_p):
+                          dropout_p, seed):
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check(t.dim() == 4, f"{name} must be 4-D (batch, heads, seqlen, head_dim), got shape {tuple(t.shape)}")
         _check(t.dtype in _FLOATS, f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
@@ -41,8 +41,8 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
     if cu_q is not None:
         _check(B == 1, f"varlen inputs must have batch size 1 (packed sequences), got {B}")
         for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
-            _check(cu.dim() == 1 and cu.dtype == torch.int32 and cu.shape[0] >= 1,
-                   f"{name} must be a 1-D int32 tensor of length batch + 1")
+            _check(cu.dim() == 1 and cu.dtype == torch.int32 and cu.shape[0] >= 2,
+                   f"{name} must be a 1-D int32 tensor of length batch + 1 >= 2")
         _check(cu_q.shape == cu_k.shape, "cu_seqlens_q and cu_seqlens_k must have the same length")
         _check(max_q >= 0 and max_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0")
     for name, w in (("window_left", left), ("window_right", right)):
@@ -50,6 +50,9 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
     _check(scale == scale and abs(scale) != float("inf"), f"scale must be finite, got {scale}")
     _check(softcap >= 0 and softcap != float("inf"), f"softcap must be finite and >= 0, got {softcap}")
     _check(0 <= dropout_p < 1, f"dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0:
+        _check(seed is not None and seed.dtype == torch.int64 and seed.shape == (2,) and seed.device.type == "cpu",
+               "dropout_seed must be an int64 CPU tensor (seed, offset) when dropout_p > 0")
 
 
 def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
@@ -63,15 +66,15 @@ def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
         lengths = [b - a for a, b in zip(values, values[1:])]
         _check(all(n >= 0 for n in lengths), f"{name} must be non-decreasing, got {values}")
         _check(values[-1] <= total, f"{name} ends at {values[-1]}, beyond the {total} packed tokens")
-        _check(max(lengths, default=0) <= max_len,
-               f"{max_name} ({max_len}) is smaller than the longest sequence ({max(lengths)})")
+        longest = max(lengths)
+        _check(longest <= max_len, f"{max_name} ({max_len}) is smaller than the longest sequence ({longest})")
 
 
 @torch.library.register_fake("mfa::attention_forward")
 def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                            scale, window_left, window_right, bottom_right, softcap, dropout_p, seed, offset):
+                            scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          scale, window_left, window_right, softcap, dropout_p)
+                          scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     B, Hq, L, _ = q.shape
     return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, dtype=reference.lse_dtype(q.dtype))
 
@@ -79,7 +82,7 @@ def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlen
 @torch.library.register_fake("mfa::attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                              max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                             dropout_p, seed, offset, mask_grad):
+                             dropout_p, dropout_seed, mask_grad):
     dmask = torch.empty_like(mask) if mask_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
 
@@ -108,26 +111,26 @@ def _gemm_fake(a, b, bias):
 @torch.library.register_kernel("mfa::attention_forward", None)
 def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                  max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                                 seed, offset):
+                                 dropout_seed):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          scale, window_left, window_right, softcap, dropout_p)
+                          scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
     return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, seed, offset)
+                                       dropout_p, dropout_seed)
 
 
 @torch.library.register_kernel("mfa::attention_backward", None)
 def _attention_backward_reference(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                                   max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right,
-                                  softcap, dropout_p, seed, offset, mask_grad):
+                                  softcap, dropout_p, dropout_seed, mask_grad):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          scale, window_left, window_right, softcap, dropout_p)
+                          scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check(grad_out.shape == out.shape, f"grad_out shape {tuple(grad_out.shape)} != out shape {tuple(out.shape)}")
     _check(not mask_grad or (mask is not None and mask.dtype != torch.bool), "mask_grad needs a floating mask")
     return reference.attention_backward(grad_out.contiguous(), q, k, v, out, lse, mask, alibi_slopes,
                                         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left,
-                                        window_right, bottom_right, softcap, dropout_p, seed, offset, mask_grad)
+                                        window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
 
 
 @torch.library.register_kernel("mfa::gemm", None)
@@ -139,8 +142,8 @@ def _gemm_reference(a, b, bias):
 # --- autograd -----------------------------------------------------------------------------------------------
 
 _ATTENTION_OPTIONS = ("mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
-                      "scale", "window_left", "window_right", "bottom_right", "softcap", "dropout_p", "seed",
-                      "offset")
+                      "scale", "window_left", "window_right", "bottom_right", "softcap", "dropout_p",
+                      "dropout_seed")
 
 
 def _attention_setup_context(ctx, inputs, output):
@@ -151,17 +154,17 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.mask_grad = mask is not None and mask.requires_grad
     ctx.options = {name: value for name, value in options.items() if not isinstance(value, torch.Tensor)}
     ctx.save_for_backward(q, k, v, out, lse, mask, options["alibi_slopes"], options["cu_seqlens_q"],
-                          options["cu_seqlens_k"])
+                          options["cu_seqlens_k"], options["dropout_seed"])
     ctx.mark_non_differentiable(lse)  # like FlashAttention: the log-sum-exp is an auxiliary output
 
 
 def _attention_backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, mask, alibi, cu_q, cu_k = ctx.saved_tensors
+    q, k, v, out, lse, mask, alibi, cu_q, cu_k, seed = ctx.saved_tensors
     o = ctx.options
     dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
         grad_out.contiguous(), q, k, v, out, lse, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
-        o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"],
-        o["seed"], o["offset"], ctx.mask_grad)
+        o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"], seed,
+        ctx.mask_grad)
     return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 1)
 
 

@@ -82,7 +82,7 @@ class _Problem:
     def __init__(self, q, k, v, mask, alibi, scale, window, bottom_right, softcap, dropout, batch0, rng_dims):
         B, Hq, L, E = q.shape
         Hk, S = k.shape[1], k.shape[2]
-        self.G = Hq // Hk
+        self.G = Hq // Hk if Hk else 1  # no heads at all: an empty problem
         self.B, self.Hq, self.Hk, self.L, self.S = B, Hq, Hk, L, S
         acc = _acc_dtype(q.dtype)
         self.q = q.view(B, Hk, self.G, L, E)
@@ -239,9 +239,9 @@ def _accumulate_mask_grad(dmask, ds, i0, i1, j0, j1):
 # The op kernels: split varlen batches into dense problems.
 
 def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bottom_right, softcap,
-              dropout_p, seed, offset):
+              dropout_p, dropout_seed):
     """Yields (query rows, key rows, problem) for each dense problem of the canonical arguments."""
-    dropout = (dropout_p, seed, offset) if dropout_p > 0 else None
+    dropout = (dropout_p, *dropout_seed.tolist()) if dropout_p > 0 else None
     Hq = q.shape[1]
     if cu_q is None:
         yield slice(None), slice(None), _Problem(
@@ -256,13 +256,13 @@ def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bot
 
 
 def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                      scale, window_left, window_right, bottom_right, softcap, dropout_p, seed, offset):
+                      scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed):
     B, Hq, L, _ = q.shape
     out = torch.zeros(B, Hq, L, v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.full((B, Hq, L), float("-inf"), dtype=lse_dtype(q.dtype), device=q.device)
     for rows, _, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
-                                    dropout_p, seed, offset):
+                                    dropout_p, dropout_seed):
         o, l = _forward_dense(pb)
         out[:, :, rows] = o.to(q.dtype)
         lse[:, :, rows] = l
@@ -271,7 +271,7 @@ def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, m
 
 def attention_backward(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                        max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                       dropout_p, seed, offset, mask_grad):
+                       dropout_p, dropout_seed, mask_grad):
     acc = _acc_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     dk = torch.zeros(k.shape, dtype=acc, device=q.device)
@@ -279,7 +279,7 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqle
     dmask = torch.zeros(mask.shape, dtype=acc, device=q.device) if mask_grad else None
     for rows, keys, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
-                                       dropout_p, seed, offset):
+                                       dropout_p, dropout_seed):
         gq, gk, gv = _backward_dense(pb, grad_out[:, :, rows], out[:, :, rows], lse[:, :, rows], dmask)
         dq[:, :, rows] = gq
         dk[:, :, keys] = gk

@@ -39,6 +39,21 @@ def test_sdpa_reference_route_with_extras():
     _check_compiled(fn, (2, 4, 9, 8), (2, 2, 11, 8), (2, 2, 11, 5))
 
 
+def test_sdpa_dropout_draws_its_seed_inside_the_graph():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 8, requires_grad=True) for _ in range(3))
+    fn = lambda q, k, v: mfa_torch.scaled_dot_product_attention(q, k, v, dropout_p=0.3, window_size=(2, 2))  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(1)
+    first = compiled(q, k, v)
+    torch.manual_seed(1)
+    torch.testing.assert_close(compiled(q, k, v), first)  # torch.manual_seed reproduces the keep mask
+    torch.manual_seed(1)
+    torch.testing.assert_close(fn(q, k, v), first)  # and eager draws the same seed
+    first.sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
 def test_flash_attn_func():
     fn = lambda q, k, v: mfa_torch.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)  # noqa: E731
     _check_compiled(fn, (2, 9, 4, 8), (2, 6, 2, 8), (2, 6, 2, 8))

@@ -14,7 +14,7 @@ def _forward_args(q, k, v, mask=None, alibi=None, cu_q=None, cu_k=None, max_q=No
                   window=(-1, -1), bottom_right=False, softcap=0.0, dropout_p=0.0, seed=0):
     return (q, k, v, mask, alibi, cu_q, cu_k, q.shape[2] if max_q is None else max_q,
             k.shape[2] if max_k is None else max_k, scale, window[0], window[1], bottom_right, softcap, dropout_p,
-            seed, 0)
+            torch.tensor([seed, 0]) if dropout_p > 0 else None)
 
 
 ATTENTION_CASES = {
@@ -66,6 +66,14 @@ def test_lse_is_not_differentiable():
     q, k, v = _qkv()
     out, lse = torch.ops.mfa.attention_forward(*_forward_args(q, k, v))
     assert out.requires_grad and not lse.requires_grad
+
+
+def test_dropout_without_seed_is_rejected():
+    q, k, v = _qkv(grad=False)
+    args = list(_forward_args(q, k, v, dropout_p=0.5))
+    args[-1] = None
+    with pytest.raises(ValueError, match="dropout_seed"):
+        torch.ops.mfa.attention_forward(*args)
 
 
 def test_double_backward_raises_clearly():
