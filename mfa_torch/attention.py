@@ -126,7 +126,10 @@ class _SdpaRequest:
         return mask
 
     def torch_sdpa(self):
-        return _torch_sdpa(self.q, self.k, self.v, self.mask, self.dropout_p, self.is_causal,
+        # torch's SDPA rejects masks of fewer than 2 dims although they broadcast: give them 2.
+        mask = self.mask if self.mask is None or self.mask.dim() >= 2 else \
+            self.mask.reshape((1,) * (2 - self.mask.dim()) + tuple(self.mask.shape))
+        return _torch_sdpa(self.q, self.k, self.v, mask, self.dropout_p, self.is_causal,
                            scale=self.user_scale, enable_gqa=self.enable_gqa)
 
     def _canonical_qkv(self, t, heads):

@@ -159,7 +159,7 @@ class _Problem:
 
 def _forward_dense(pb):
     """Returns out (B, Hq, L, Ev) and lse (B, Hq, L), both in the accumulation dtype."""
-    B, Hk, G, L, S = pb.B, pb.Hk, pb.G, pb.L, pb.S
+    B, Hk, G, L = pb.B, pb.Hk, pb.G, pb.L
     Ev = pb.v.shape[-1]
     out = torch.zeros(B, Hk, G, L, Ev, dtype=pb.acc, device=pb.q.device)
     lse = torch.full((B, Hk, G, L), float("-inf"), dtype=pb.acc, device=pb.q.device)
