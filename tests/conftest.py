@@ -10,3 +10,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("mps") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_rng():
+    """Tests that draw from torch's global generator see the same numbers on every run."""
+    torch.manual_seed(0)

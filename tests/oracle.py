@@ -51,7 +51,13 @@ __all__ = [
     "make_inputs",
     "check_against_oracle",
     "expected_lse_dtype",
+    "DTYPES",
+    "DT_IDS",
 ]
+
+# The low-precision dtypes every feature is tested in (fp64 has its own smoke tests).
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DT_IDS = ["fp32", "fp16", "bf16"]
 
 EPS_REL = {
     torch.float64: 1e-10,

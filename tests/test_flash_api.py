@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oracle import (
+    DT_IDS,
+    DTYPES,
     attention_fp64,
     check_against_oracle,
     flash_to_sdpa,
@@ -21,15 +23,7 @@ from oracle import (
     varlen_attention_fp64,
 )
 
-mfa_torch = pytest.importorskip("mfa_torch")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)  # tests that draw from the global RNG are deterministic
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DT_IDS = ["fp32", "fp16", "bf16"]
+import mfa_torch  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------

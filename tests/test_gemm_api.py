@@ -10,17 +10,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oracle import check_against_oracle, linear_fp64, make_inputs, matmul_fp64, max_err
+from oracle import DT_IDS, DTYPES, check_against_oracle, linear_fp64, make_inputs, matmul_fp64, max_err
 
-mfa_torch = pytest.importorskip("mfa_torch")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)  # tests that draw from the global RNG are deterministic
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DT_IDS = ["fp32", "fp16", "bf16"]
+import mfa_torch  # noqa: E402
 
 
 def matmul_check(sa, sb, dtype, seed=0):

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from oracle import (
+    DT_IDS,
+    DTYPES,
     allowed_mask,
     assert_rule,
     attention_fp64,
@@ -15,15 +17,7 @@ from oracle import (
     torch_attention_same_dtype,
 )
 
-mfa_torch = pytest.importorskip("mfa_torch")
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)  # tests that draw from the global RNG are deterministic
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DT_IDS = ["fp32", "fp16", "bf16"]
+import mfa_torch  # noqa: E402
 
 
 def _check(shapes, dtype, *, mask=None, mask_grad=False, is_causal=False, enable_gqa=False, seed=0, **extra):
