@@ -1,0 +1,156 @@
+// A grid launch: threadgroups are handed out to worker OS threads, each running one threadgroup at a time
+// as fibers. Errors stop the launch and travel back through the C ABI as text; nothing here aborts.
+#pragma once
+#include <csetjmp>
+#include <mutex>
+#include <thread>
+
+#include "faults.hpp"
+#include "scheduler.hpp"
+
+// Mirrored field by field by the ctypes Structure in mfa_torch/emulator/library.py.
+extern "C" struct msl_launch {
+  void* buffers[31];
+  uint64_t buffer_bytes[31];
+  uint32_t threadgroup_memory[31];  // bytes of each dynamic [[threadgroup(i)]] buffer
+  uint32_t grid[3];                 // threads per grid
+  uint32_t threadgroup_size[3];
+  int32_t os_threads;
+  int32_t strict;                   // SIMD-group functions must be reached by every live lane
+  double timeout_seconds;           // the launch fails when it runs longer; 0: no limit
+  uint64_t sync_points;             // out: barrier and SIMD-group arrivals
+  char error[4096];                 // out: first error, empty on success
+};
+
+#if defined(MSL_CHECK_BOUNDS) || defined(MSL_CHECK_RACES)
+extern "C" [[noreturn]] void msl_checked_kernel_error(const char* text);  // runtime/checked_main.hpp
+#endif
+
+namespace msl_rt {
+
+using Launch = msl_launch;
+
+struct Kernel {
+  const char* name;
+  Site definition;  // for errors that belong to no statement (launch configuration)
+  void (*entry)();
+  uint32_t max_threads;  // [[max_total_threads_per_threadgroup(n)]], else Metal's limit of 1024
+};
+
+inline void set_error(Launch& l, const std::string& text) {
+  std::snprintf(l.error, sizeof l.error, "%s", text.c_str());
+}
+
+inline bool check_configuration(Launch& l, const Kernel& k) {
+  uint64_t threads = uint64_t(l.threadgroup_size[0]) * l.threadgroup_size[1] * l.threadgroup_size[2];
+  uint32_t limit = std::min(k.max_threads, max_threads_per_threadgroup);
+  if (threads > limit) {
+    set_error(l, where(k.definition) + format(": kernel %s: threads_per_threadgroup (%u,%u,%u) = %llu threads exceeds %s of %u",
+                                              k.name, l.threadgroup_size[0], l.threadgroup_size[1], l.threadgroup_size[2],
+                                              (unsigned long long)threads,
+                                              limit < max_threads_per_threadgroup ? "the kernel's max_total_threads_per_threadgroup"
+                                                                                  : "the limit",
+                                              limit));
+    return false;
+  }
+  size_t dynamic = 0;
+  for (uint32_t b : l.threadgroup_memory) dynamic += (b + 15) / 16 * 16;
+  if (dynamic > threadgroup_memory_limit) {
+    set_error(l, where(k.definition) + format(": kernel %s: %zu bytes of dynamic threadgroup memory exceed the limit of %zu bytes",
+                                              k.name, dynamic, threadgroup_memory_limit));
+    return false;
+  }
+  return true;
+}
+
+// Per worker OS thread: fibers, stacks and threadgroup memory, reused by all its threadgroups.
+inline std::unique_ptr<Group> make_group(Launch& l, const Kernel& k) {
+  auto g = std::make_unique<Group>();
+  g->launch = &l;
+  g->kernel_entry = k.entry;
+  int capacity = int(l.threadgroup_size[0] * l.threadgroup_size[1] * l.threadgroup_size[2]);
+  int simdgroups = (capacity + simd_width - 1) / simd_width;
+  g->threads.reset(new Thread[capacity]);
+  g->simdgroups.reset(new SimdGroup[simdgroups]);
+  g->runnable.reserve(capacity);
+  g->next_runnable.reserve(capacity);
+  g->dirty_simdgroups.reserve(simdgroups);
+  g->stack_count = capacity;
+  size_t span = fiber_stack_size + guard_size;
+  void* m = mmap(nullptr, span * capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  g->stacks = static_cast<char*>(m);
+  for (int t = 0; t < capacity; t++) mprotect(g->stacks + span * t, guard_size, PROT_NONE);  // overflow faults
+  g->memory.place_dynamic(l.threadgroup_memory);
+  for (int d = 0; d < 3; d++) {
+    g->geo.dispatch_size[d] = l.threadgroup_size[d];
+    g->geo.grid[d] = l.grid[d];
+    g->geo.groups[d] = (l.grid[d] + l.threadgroup_size[d] - 1) / l.threadgroup_size[d];
+  }
+  return g;
+}
+
+inline void place_threadgroup(Group& g, uint64_t index) {
+  const uint32_t* n = g.geo.groups;
+  uint32_t pos[3] = {uint32_t(index % n[0]), uint32_t(index / n[0] % n[1]), uint32_t(index / (uint64_t(n[0]) * n[1]))};
+  g.n = 1;
+  for (int d = 0; d < 3; d++) {
+    g.geo.group[d] = pos[d];
+    g.geo.size[d] = std::min(g.geo.dispatch_size[d], g.geo.grid[d] - pos[d] * g.geo.dispatch_size[d]);
+    g.n *= int(g.geo.size[d]);
+  }
+}
+
+// Returns 0 on success, 1 with l.error set on a kernel error.
+inline int launch(Launch& l, const Kernel& k) {
+  l.error[0] = 0;
+  l.sync_points = 0;
+  for (int d = 0; d < 3; d++)
+    if (l.grid[d] == 0) return 0;
+  if (!check_configuration(l, k)) return 1;
+  uint64_t total = 1;
+  for (int d = 0; d < 3; d++) total *= (l.grid[d] + l.threadgroup_size[d] - 1) / l.threadgroup_size[d];
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::atomic<uint64_t> sync_points{0};
+  std::mutex error_lock;
+  auto fail = [&](const std::string& text) {
+    std::lock_guard<std::mutex> hold(error_lock);
+    if (failed.exchange(true)) return;
+    set_error(l, text + " [kernel " + k.name + "]");
+#if defined(MSL_CHECK_BOUNDS) || defined(MSL_CHECK_RACES)
+    // Tearing down fibers abandoned mid-barrier would look like races or leaks to the sanitizer:
+    // the checked-mode child reports the kernel error and exits at once.
+    msl_checked_kernel_error(l.error);
+#endif
+  };
+  auto worker = [&] {
+    std::unique_ptr<Group> g = make_group(l, k);
+    if (!g) return fail("cannot allocate fiber stacks");
+    FaultGuard guard(l.timeout_seconds);
+    for (uint64_t i; !failed.load() && (i = next++) < total;) {
+      place_threadgroup(*g, i);
+      bool ok;
+      if (sigsetjmp(guard.jump, 1) == 0) {
+        guard.arm(g.get());
+        ok = run_threadgroup(*g, l.strict != 0);
+      } else {
+        ok = false;
+        g->error = guard.describe();
+      }
+      guard.disarm();
+      if (!ok) fail(g->error);
+    }
+    sync_points += g->sync_points;
+    tl_group = nullptr;
+  };
+  int workers = int(std::max<int64_t>(1, std::min<int64_t>(l.os_threads, int64_t(total))));
+  std::vector<std::thread> pool;
+  for (int w = 1; w < workers; w++) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  l.sync_points = sync_points.load();
+  return failed.load() ? 1 : 0;
+}
+
+}  // namespace msl_rt
