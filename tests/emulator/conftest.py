@@ -21,3 +21,4 @@ def kernels_dir():
 def compile_kernels():
     """compile_kernels(name, **options) compiles tests/emulator/kernels/<name>."""
     return lambda name, **options: emulator.compile(KERNELS / name, **options)
+

@@ -6,6 +6,7 @@ import ctypes
 import pytest
 import torch
 
+from marked_lines import marked_line
 from mfa_torch import emulator
 
 pytestmark = pytest.mark.emulator
@@ -24,15 +25,8 @@ def bounds(compile_kernels):
 
 
 @pytest.fixture(scope="module")
-def line(kernels_dir):
-    path = kernels_dir / SOURCE
-    text = path.read_text().splitlines()
-
-    def line_of(mark):
-        (number,) = [i + 1 for i, t in enumerate(text) if t.rstrip().endswith(f"mark: {mark}")]
-        return f"{path}:{number}"
-
-    return line_of
+def line():
+    return marked_line(SOURCE)
 
 
 @pytest.mark.parametrize("barrier", [0, 2], ids=["no barrier", "execution-only barrier (mem_none)"])

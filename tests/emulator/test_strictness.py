@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from marked_lines import marked_line
 from mfa_torch import emulator
 
 pytestmark = pytest.mark.emulator
@@ -20,15 +21,8 @@ def lib(compile_kernels):
 
 
 @pytest.fixture(scope="module")
-def line(kernels_dir):
-    path = kernels_dir / SOURCE
-    text = path.read_text().splitlines()
-
-    def line_of(mark):
-        (number,) = [i + 1 for i, t in enumerate(text) if t.rstrip().endswith(f"mark: {mark}")]
-        return f"{path}:{number}"
-
-    return line_of
+def line():
+    return marked_line(SOURCE)
 
 
 def kernel_error(lib, kernel, threads, buffers=None, **options):
