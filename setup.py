@@ -22,11 +22,10 @@ cpp_sources = sources("csrc/**/*.cpp")
 compile_args = {"cxx": ["-O2", "-std=c++17"]}
 link_args = []
 define_macros = []
-if sys.platform == "darwin":
-    objc_sources = sources("csrc/mps/**/*.mm")
+objc_sources = sources("csrc/mps/**/*.mm") if sys.platform == "darwin" else []
+if objc_sources:  # the MPS executor: Objective-C++ against Metal, compiled on macOS only
     cpp_sources += objc_sources
-    if objc_sources:
-        define_macros.append(("MFA_TORCH_WITH_MPS", "1"))
+    define_macros.append(("MFA_TORCH_WITH_MPS", "1"))
     compile_args["cxx"] += ["-fobjc-arc"]
     link_args += ["-framework", "Metal", "-framework", "Foundation"]
 
