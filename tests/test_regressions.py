@@ -5,14 +5,13 @@ Rows 4, 5, 6, 7, 8, 14, 15, 16. (The others need sizes or a GPU outside this fil
 import pytest
 import torch
 
+from sdpa_check import sdpa_check
 from oracle import (
     DT_IDS,
     DTYPES,
     allowed_mask,
     assert_rule,
     attention_fp64,
-    check_against_oracle,
-    make_inputs,
     max_err,
     torch_attention_same_dtype,
 )
@@ -20,34 +19,12 @@ from oracle import (
 import mfa_torch  # noqa: E402
 
 
-def _check(shapes, dtype, *, mask=None, mask_grad=False, is_causal=False, enable_gqa=False, seed=0, **extra):
-    inputs = make_inputs(shapes, dtype, seed=seed)
-    if mask is not None:
-        m = mask if mask.dtype == torch.bool else mask.to(dtype)
-        if mask_grad:
-            m = m.detach().clone().requires_grad_()
-        inputs["mask"] = m
-    okw = dict(causal="upper_left" if is_causal else None, window=extra.get("window_size"))
-
-    def ours(t):
-        return mfa_torch.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=t.get("mask"),
-                                                      is_causal=is_causal, enable_gqa=enable_gqa, **extra)
-
-    def oracle(t):
-        return attention_fp64(t["q"], t["k"], t["v"], mask=t.get("mask"), **okw)
-
-    def torch_same(t):
-        return torch_attention_same_dtype(t["q"], t["k"], t["v"], mask=t.get("mask"), **okw)
-
-    return check_against_oracle(ours, oracle, torch_same, inputs, dtype)
-
-
 # row 4: wrong output shape when the value head dim differs from the query head dim (pytorch#176767)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 def test_row4_value_head_dim_differs_output_shape(dtype):
-    out, _ = _check({"q": (1, 1, 16, 32), "k": (1, 1, 16, 32), "v": (1, 1, 16, 24)}, dtype)
+    out, _ = sdpa_check({"q": (1, 1, 16, 32), "k": (1, 1, 16, 32), "v": (1, 1, 16, 24)}, dtype)
     assert out.shape == (1, 1, 16, 24)
-    out, _ = _check({"q": (1, 1, 16, 32), "k": (1, 1, 16, 32), "v": (1, 1, 16, 24)}, dtype, is_causal=True)
+    out, _ = sdpa_check({"q": (1, 1, 16, 32), "k": (1, 1, 16, 32), "v": (1, 1, 16, 24)}, dtype, is_causal=True)
     assert out.shape == (1, 1, 16, 24)
 
 
@@ -55,7 +32,7 @@ def test_row4_value_head_dim_differs_output_shape(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_row5_causal_does_not_leak_future_tokens(dtype):
     shapes = {"q": (1, 4, 64, 64), "k": (1, 4, 64, 64), "v": (1, 4, 64, 64)}
-    _check(shapes, dtype, is_causal=True, seed=5)
+    sdpa_check(shapes, dtype, is_causal=True, seed=5)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 64, 64, generator=g).to(dtype) for _ in range(3))
     base = mfa_torch.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -72,7 +49,7 @@ def test_row5_causal_does_not_leak_future_tokens(dtype):
 def test_row6_fully_masked_bool_row_gives_zero_not_nan(dtype):
     mask = torch.ones(2, 4, dtype=torch.bool)
     mask[0] = False
-    out, _ = _check({"q": (1, 1, 2, 4), "k": (1, 1, 4, 4), "v": (1, 1, 4, 4)}, dtype, mask=mask, seed=6)
+    out, _ = sdpa_check({"q": (1, 1, 2, 4), "k": (1, 1, 4, 4), "v": (1, 1, 4, 4)}, dtype, mask=mask, seed=6)
     assert not torch.isnan(out).any()
     assert (out[0, 0, 0] == 0).all()
     q = torch.randn(1, 1, 2, 4, dtype=dtype, requires_grad=True)
@@ -110,12 +87,12 @@ def test_row7_partially_broadcast_mask_offsets(kind, dtype):
     else:
         mask = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64) * 4
         mask[1] = -mask[0]
-    _check({"q": (2, 4, 8, 64), "k": (2, 4, 8, 64), "v": (2, 4, 8, 64)}, dtype, mask=mask, seed=7)
+    sdpa_check({"q": (2, 4, 8, 64), "k": (2, 4, 8, 64), "v": (2, 4, 8, 64)}, dtype, mask=mask, seed=7)
 
 
 def test_row7_mask_gradient_for_partially_broadcast_float_mask():
     mask = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-    _check({"q": (2, 4, 8, 64), "k": (2, 4, 8, 64), "v": (2, 4, 8, 64)}, torch.float32, mask=mask, mask_grad=True)
+    sdpa_check({"q": (2, 4, 8, 64), "k": (2, 4, 8, 64), "v": (2, 4, 8, 64)}, torch.float32, mask=mask, mask_grad=True)
 
 
 # row 8: crash with GQA + float mask (pytorch#149132)
@@ -123,7 +100,7 @@ def test_row7_mask_gradient_for_partially_broadcast_float_mask():
 @pytest.mark.parametrize("mshape", [(3, 3), (1, 4, 3, 3), (1, 1, 3, 3), (1, 4, 1, 3)], ids=str)
 def test_row8_gqa_with_float_mask(mshape, dtype):
     mask = torch.randn(mshape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    _check({"q": (1, 4, 3, 8), "k": (1, 2, 3, 8), "v": (1, 2, 3, 8)}, dtype, mask=mask, enable_gqa=True,
+    sdpa_check({"q": (1, 4, 3, 8), "k": (1, 2, 3, 8), "v": (1, 2, 3, 8)}, dtype, mask=mask, enable_gqa=True,
            mask_grad=True)
 
 
@@ -137,7 +114,7 @@ def test_row14_left_padding_gives_no_nan(dtype):
         key_ok[b, :p] = False
     causal = allowed_mask(S, S, causal="upper_left")
     mask = causal[None, None] & key_ok[:, None, None, :]  # (B, 1, S, S): padded query rows see nothing
-    out, _ = _check({"q": (B, H, S, D), "k": (B, H, S, D), "v": (B, H, S, D)}, dtype, mask=mask, seed=14)
+    out, _ = sdpa_check({"q": (B, H, S, D), "k": (B, H, S, D), "v": (B, H, S, D)}, dtype, mask=mask, seed=14)
     assert not torch.isnan(out).any()
     for b, p in enumerate(pads):
         assert (out[b, :, :p] == 0).all()

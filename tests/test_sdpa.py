@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sdpa_check import sdpa_check
 from oracle import (
     DT_IDS,
     DTYPES,
@@ -33,54 +34,6 @@ def _default_backend():
     mfa_torch.set_backend("auto")
     yield
     mfa_torch.set_backend(prev)
-
-
-# ----------------------------------------------------------------------------------------------------
-# driver
-
-
-def sdpa_check(shapes, dtype, *, mask=None, mask_grad=False, is_causal=False, scale=None, enable_gqa=None,
-               window_size=None, alibi_slopes=None, softcap=0.0, return_lse=False, grads=True, seed=0):
-    """shapes: dict with q, k, v shapes. mask: tensor (bool/float) or None (float mask cast to dtype)."""
-    inputs = make_inputs(shapes, dtype, seed=seed)
-    if mask is not None:
-        m = mask if mask.dtype == torch.bool else mask.to(dtype)
-        if mask_grad:
-            m = m.detach().clone().requires_grad_()
-        inputs["mask"] = m
-    Hq, Hk = shapes["q"][-3], shapes["k"][-3]
-    if enable_gqa is None:
-        enable_gqa = Hq != Hk
-    kw = {}
-    if is_causal:
-        kw["is_causal"] = True
-    if scale is not None:
-        kw["scale"] = scale
-    if enable_gqa:
-        kw["enable_gqa"] = True
-    if window_size is not None:
-        kw["window_size"] = window_size
-    if alibi_slopes is not None:
-        kw["alibi_slopes"] = alibi_slopes
-    if softcap:
-        kw["softcap"] = softcap
-    if return_lse:
-        kw["return_lse"] = True
-    okw = dict(causal="upper_left" if is_causal else None,
-               window=tuple(window_size) if window_size is not None else None,
-               alibi_slopes=alibi_slopes, softcap=softcap, scale=scale, align="upper_left")
-
-    def ours(t):
-        return mfa_torch.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=t.get("mask"), **kw)
-
-    def oracle(t):
-        return attention_fp64(t["q"], t["k"], t["v"], mask=t.get("mask"), **okw)
-
-    def torch_same(t):
-        return torch_attention_same_dtype(t["q"], t["k"], t["v"], mask=t.get("mask"), **okw)
-
-    return check_against_oracle(ours, oracle, torch_same if dtype != torch.float64 else None, inputs, dtype,
-                                grads=grads, check_lse=return_lse)
 
 
 def qkv(B, Hq, Hk, L, S, E, Ev=None):
