@@ -14,6 +14,11 @@
 // Outputs: out (B, Hq, L, Ev) in q's dtype, lse (B, Hq, L) fp32 (fp64 for fp64 inputs) natural log (-inf for rows attending nothing).
 #include <torch/extension.h>
 
+#include "plan_bindings.h"
+#ifdef MFA_TORCH_WITH_MPS
+#include "mps/bindings.h"
+#endif
+
 TORCH_LIBRARY(mfa, m) {
   m.def(
       "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? alibi_slopes, "
@@ -44,4 +49,8 @@ bool has_mps_executor() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("has_mps_executor", &has_mps_executor,
              "Whether this build contains the Metal executor for MPS tensors (macOS builds only).");
+  mfa::bind_plans(module);
+#ifdef MFA_TORCH_WITH_MPS
+  mfa::bind_mps_executor(module);
+#endif
 }

@@ -13,6 +13,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers the ops' kernels and autograd)
 from . import routing
+from .metal import attention as metal_attention
 from ._validation import check_dropout, check_finite_number, check_float_tensors, check_window, require
 
 # torch's own SDPA, bound at import so that mfa_torch.patch() can reroute torch.nn.functional safely.
@@ -111,6 +112,7 @@ class _SdpaRequest:
             ("alibi_slopes", alibi_slopes is not None),
             ("softcap", self.softcap > 0),
             ("return_lse", return_lse)) if wanted]
+        self.metal_lacks = metal_attention.metal_lacks(query.dtype, query.shape[-1], value.shape[-1])
 
     def _check_mask(self, mask):
         require(isinstance(mask, torch.Tensor), f"attn_mask must be a torch.Tensor, got {type(mask).__name__}",
@@ -170,7 +172,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """
     request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
                            alibi_slopes, softcap, return_lse)
-    route = routing.choose(query.device, request.torch_lacks)
+    route = routing.choose(query.device, request.torch_lacks, request.metal_lacks)
     if route.name == "torch-sdpa":
         return request.torch_sdpa()
     out, lse = request.run_ops()
@@ -182,7 +184,7 @@ def explain(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, s
     """Which route scaled_dot_product_attention would take for these arguments, and why (a short string)."""
     request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
                            alibi_slopes, softcap, return_lse)
-    return str(routing.choose(query.device, request.torch_lacks))
+    return str(routing.choose(query.device, request.torch_lacks, request.metal_lacks))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         ("alibi_slopes", alibi is not None),
         ("softcap", softcap > 0),
         ("return_attn_probs (log-sum-exp)", return_attn_probs)) if wanted]
-    route = routing.choose(q.device, torch_lacks)
+    route = routing.choose(q.device, torch_lacks, metal_attention.metal_lacks(q.dtype, D, v.shape[3]))
     if route.name == "torch-sdpa":
         out = _torch_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, dropout_p, causal,
                           scale=softmax_scale, enable_gqa=H != k.shape[2])
@@ -272,7 +274,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     alibi = None if alibi_slopes is None else \
         _check_alibi(alibi_slopes, q, {(H,), (batch, H)}, f"({H},) or ({batch}, {H})")
     require(isinstance(return_attn_probs, bool), "return_attn_probs must be a bool", TypeError)
-    routing.choose(q.device, ["varlen (cu_seqlens)"])  # raises for backends that cannot take the call
+    # raises for backends that cannot take the call
+    routing.choose(q.device, ["varlen (cu_seqlens)"], metal_attention.metal_lacks(q.dtype, D, v.shape[2]))
     canonical = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()  # noqa: E731
     out, lse = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
                        max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window,

@@ -7,7 +7,8 @@ user-facing arguments into it.
 import torch
 
 from . import _C  # noqa: F401  (loads the op schemas)
-from . import reference
+from . import reference, routing
+from .metal import attention as metal_attention
 from ._validation import FLOAT_DTYPES as _FLOATS
 from ._validation import require as _check
 
@@ -106,7 +107,7 @@ def _gemm_fake(a, b, bias):
     return a.new_empty(max(a.shape[0], b.shape[0]), a.shape[1], b.shape[2])
 
 
-# --- kernels of the reference route: every device type; the Metal executor registers MPS in C++ -------------
+# --- kernels: every device type; the Metal route (MPS stream or emulator) where routing picks it, else reference
 
 @torch.library.register_kernel("mfa::attention_forward", None)
 def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -115,6 +116,11 @@ def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_s
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
+    route = routing.kernel_route(q.device, metal_attention.metal_lacks(q.dtype, q.shape[3], v.shape[3]))
+    if route is not None:
+        return metal_attention.forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                       max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
+                                       dropout_p, dropout_seed)
     return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
                                        dropout_p, dropout_seed)

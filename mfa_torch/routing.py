@@ -11,6 +11,8 @@ import os
 import threading
 import warnings
 
+from . import _C
+
 BACKENDS = ("auto", "reference", "metal", "emulator")
 _ENV = "MFA_TORCH_BACKEND"
 # The selection is one global name; rebinding it is atomic, so readers (also inside torch.compile) take no lock.
@@ -67,38 +69,51 @@ def _warn_once(key, message):
     warnings.warn(message, stacklevel=4)
 
 
-def _kernel_route(device):
-    """The Metal route if the backend asks for it (or "auto" on MPS), else None; raises if it cannot be honoured."""
+def kernel_route(device, metal_lacks=()):
+    """"metal" or "emulator" when mfa_torch's Metal kernels run a call on `device`, else None (another route).
+
+    metal_lacks: what the call needs that the Metal kernels do not implement (e.g. float64): such calls take the
+    reference route with a one-time warning. Raises if the selected backend cannot take tensors on `device`.
+    """
     chosen = get_backend()
-    if chosen == "emulator":
-        if device.type != "cpu":
-            raise ValueError(f'backend "emulator" runs CPU tensors only, got tensors on {device}')
-        raise NotImplementedError(
-            'backend "emulator" is not wired yet: the Metal attention and GEMM kernels it runs have not '
-            'landed; use "auto" or "reference"')
+    if chosen == "emulator" and device.type != "cpu":
+        raise ValueError(f'backend "emulator" runs CPU tensors only, got tensors on {device}')
     if chosen == "metal":
         if device.type != "mps":
             raise ValueError(f'backend "metal" needs tensors on the "mps" device, got tensors on {device}')
-        raise NotImplementedError('backend "metal": the Metal kernels are not part of this version yet; '
-                                  'use "auto" or "reference"')
-    if chosen == "auto" and device.type == "mps":
-        _warn_once("mps", "mfa_torch: the Metal kernels are not part of this version yet; MPS tensors take "
-                          "the reference route (PyTorch operations)")
-    return None
+        if not _C.has_mps_executor():
+            raise RuntimeError('backend "metal": this build of mfa_torch has no MPS executor (it is compiled on '
+                               'macOS only); reinstall mfa_torch on the Mac')
+    wanted = "emulator" if chosen == "emulator" else "metal" if device.type == "mps" and chosen != "reference" else None
+    if wanted == "metal" and not _C.has_mps_executor():
+        _warn_once("no-executor", "mfa_torch: this build has no MPS executor (compiled on another platform); MPS "
+                                  "tensors take the reference route (PyTorch operations)")
+        return None
+    if wanted and metal_lacks:
+        _warn_once(("lacks",) + tuple(metal_lacks), "mfa_torch: the Metal kernels do not implement "
+                   + ", ".join(metal_lacks) + "; such calls take PyTorch's route or the reference route "
+                   "(mfa_torch.explain names it)")
+        return None
+    return wanted
 
 
-def choose(device, torch_lacks=None):
+def choose(device, torch_lacks=None, metal_lacks=()):
     """Route of a call on `device`.
 
     torch_lacks: None for calls that always run mfa_torch's ops (GEMM); else the list of requested features
     PyTorch's SDPA does not implement (empty: PyTorch's SDPA can serve the call as it is).
+    metal_lacks: what the call needs that the Metal kernels do not implement (see kernel_route).
     """
-    kernel = _kernel_route(device)
-    if kernel is not None:
-        return kernel
+    kernel = kernel_route(device, metal_lacks)
+    if kernel == "metal":
+        return Route("metal", "mfa_torch's Metal kernels on the MPS stream")
+    if kernel == "emulator":
+        return Route("emulator", "mfa_torch's Metal kernels run by the MSL emulator on the CPU (backend "
+                                 '"emulator")')
+    lacking = f"; the Metal kernels lack: {', '.join(metal_lacks)}" if metal_lacks and device.type == "mps" else ""
     if torch_lacks is None:
-        return Route("reference", "mfa_torch's op with PyTorch's matmul as its kernel")
+        return Route("reference", "mfa_torch's op with PyTorch's matmul as its kernel" + lacking)
     if not torch_lacks:
-        return Route("torch-sdpa", "PyTorch's SDPA implements the requested semantics on this device")
+        return Route("torch-sdpa", "PyTorch's SDPA implements the requested semantics on this device" + lacking)
     return Route("reference", "mfa_torch's chunked online-softmax kernels, because PyTorch's SDPA lacks: "
-                 + ", ".join(torch_lacks))
+                 + ", ".join(torch_lacks) + lacking)

@@ -80,11 +80,19 @@ def test_metal_backend_on_cpu_tensors_is_a_clear_error():
             mfa_torch.matmul(torch.ones(2, 2), torch.ones(2, 2))
 
 
-def test_emulator_backend_raises_until_the_metal_kernels_exist():
+def test_emulator_backend_routes_attention_to_the_metal_kernels_and_says_why_not_for_float64():
     q, k, v = _qkv()
     with mfa_torch.backend("emulator"):
-        with pytest.raises(NotImplementedError, match="emulator"):
-            mfa_torch.scaled_dot_product_attention(q, k, v, window_size=(1, 1))
+        assert "route: emulator" in mfa_torch.explain(q, k, v)
+        text = mfa_torch.explain(q.double(), k.double(), v.double())
+    assert "route: torch-sdpa" in text  # float64 cannot take the Metal kernels; PyTorch covers the call
+
+
+def test_emulator_backend_on_a_non_cpu_device_is_a_clear_error():
+    q, k, v = (t.to("meta") for t in _qkv())
+    with mfa_torch.backend("emulator"):
+        with pytest.raises(ValueError, match='backend "emulator" runs CPU tensors only'):
+            mfa_torch.scaled_dot_product_attention(q, k, v)
 
 
 def test_reference_backend_gives_the_same_result_as_auto():

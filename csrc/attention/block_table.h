@@ -1,0 +1,23 @@
+// Block sizes of the attention forward per GPU family and head dim: data, not code (DESIGN section 8).
+#pragma once
+
+#include <cstdint>
+
+#include "gpu_family.h"
+
+namespace mfa {
+
+struct AttentionBlocks {
+  uint32_t block_q;  // packed query rows per threadgroup: 8 per SIMD-group
+  uint32_t block_k;  // keys per K/V tile staged in threadgroup memory
+};
+
+// `dim`: the larger of the padded query/key and value head dims (multiples of 8, at most 256).
+AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim);
+
+// Key splits (flash-decoding) are added while the grid has fewer threadgroups than this.
+constexpr uint32_t kAttentionTargetThreadgroups = 128;
+// A split covers at least this many key blocks, so the combine pass stays cheap next to the splits.
+constexpr uint32_t kAttentionMinBlocksPerSplit = 4;
+
+}  // namespace mfa

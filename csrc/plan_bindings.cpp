@@ -1,0 +1,68 @@
+#include "plan_bindings.h"
+
+#include <pybind11/stl.h>
+
+#include "attention/forward_plan.h"
+#include "launch_plan.h"
+#include "shader_source.h"
+
+namespace py = pybind11;
+
+namespace mfa {
+
+void bind_plans(py::module& m) {
+  py::class_<Argument>(m, "Argument")
+      .def_readonly("index", &Argument::index)
+      .def_readonly("tensor", &Argument::tensor)
+      .def_property_readonly("bytes", [](const Argument& a) { return py::bytes(a.bytes); });
+  py::class_<Temporary>(m, "Temporary")
+      .def_readonly("name", &Temporary::name)
+      .def_readonly("dtype", &Temporary::dtype)
+      .def_readonly("numel", &Temporary::numel);
+  py::class_<Launch>(m, "Launch")
+      .def_readonly("shader", &Launch::shader)
+      .def_readonly("kernel", &Launch::kernel)
+      .def_readonly("defines", &Launch::defines)
+      .def_readonly("threadgroups", &Launch::threadgroups)
+      .def_readonly("threads_per_threadgroup", &Launch::threads_per_threadgroup)
+      .def_readonly("threadgroup_memory", &Launch::threadgroup_memory)
+      .def_readonly("arguments", &Launch::arguments);
+  py::class_<Plan>(m, "Plan")
+      .def_readonly("temporaries", &Plan::temporaries)
+      .def_readonly("launches", &Plan::launches);
+
+  py::class_<AttentionProblem>(m, "AttentionProblem")
+      .def(py::init<>())
+      .def_readwrite("dtype", &AttentionProblem::dtype)
+      .def_readwrite("batch", &AttentionProblem::batch)
+      .def_readwrite("q_heads", &AttentionProblem::q_heads)
+      .def_readwrite("kv_heads", &AttentionProblem::kv_heads)
+      .def_readwrite("q_len", &AttentionProblem::q_len)
+      .def_readwrite("kv_len", &AttentionProblem::kv_len)
+      .def_readwrite("head_dim", &AttentionProblem::head_dim)
+      .def_readwrite("value_dim", &AttentionProblem::value_dim)
+      .def_readwrite("mask", &AttentionProblem::mask)
+      .def_readwrite("mask_strides", &AttentionProblem::mask_strides)
+      .def_readwrite("has_alibi", &AttentionProblem::has_alibi)
+      .def_readwrite("alibi_batch_stride", &AttentionProblem::alibi_batch_stride)
+      .def_readwrite("num_sequences", &AttentionProblem::num_sequences)
+      .def_readwrite("max_seqlen_q", &AttentionProblem::max_seqlen_q)
+      .def_readwrite("max_seqlen_k", &AttentionProblem::max_seqlen_k)
+      .def_readwrite("scale", &AttentionProblem::scale)
+      .def_readwrite("window_left", &AttentionProblem::window_left)
+      .def_readwrite("window_right", &AttentionProblem::window_right)
+      .def_readwrite("bottom_right", &AttentionProblem::bottom_right)
+      .def_readwrite("softcap", &AttentionProblem::softcap)
+      .def_readwrite("dropout_p", &AttentionProblem::dropout_p)
+      .def_readwrite("dropout_seed", &AttentionProblem::dropout_seed)
+      .def_readwrite("dropout_offset", &AttentionProblem::dropout_offset)
+      .def_readwrite("family", &AttentionProblem::family)
+      .def_readwrite("count_tiles", &AttentionProblem::count_tiles);
+  m.def("plan_attention_forward", &plan_attention_forward, "The launch plan of one attention forward call.");
+
+  m.def("set_shader_directory", &set_shader_directory, "Where the .metal sources live (set by mfa_torch at import).");
+  m.def("expanded_shader_source", &expanded_shader_source,
+        "A shader's source with the project's headers inlined, as the MPS executor compiles it.");
+}
+
+}  // namespace mfa

@@ -1,0 +1,39 @@
+"""Runs launch plans with the MSL emulator on CPU tensors: the plans and shaders the MPS executor runs on a GPU."""
+import threading
+
+from .. import emulator
+from .shader_files import shader_dir
+
+_lock = threading.Lock()
+_libraries = {}  # (shader, defines, checks) -> compiled library
+compilations = 0  # libraries compiled by this process (each variant once, also under concurrent calls)
+
+
+def _library(launch, checks):
+    global compilations
+    key = (launch.shader, tuple(launch.defines), checks)
+    with _lock:  # one compilation per variant; the emulator's disk cache makes repeats across processes cheap
+        library = _libraries.get(key)
+        if library is None:
+            directory = shader_dir()
+            library = emulator.compile(directory / launch.shader, defines=dict(launch.defines),
+                                       include_dirs=[directory], checks=checks)
+            _libraries[key] = library
+            compilations += 1
+    return library
+
+
+def _raw(tensor):
+    """The memory a kernel reads through the tensor's strides, as one contiguous 1-D view (no copy)."""
+    if tensor.is_contiguous():
+        return tensor
+    extent = 1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()))
+    return tensor.as_strided((extent,), (1,))
+
+
+def run_plan(plan, table, checks=None):
+    """table: {name: CPU tensor} for every name the plan binds; checks: None, "bounds" or "races"."""
+    for launch in plan.launches:
+        buffers = {a.index: (_raw(table[a.tensor]) if a.tensor else a.bytes) for a in launch.arguments}
+        _library(launch, checks).dispatch(launch.kernel, buffers, tuple(launch.threadgroups),
+                                          tuple(launch.threads_per_threadgroup))

@@ -1,0 +1,62 @@
+// The host/kernel contract of the attention kernels: one params struct and the buffer indices, included by
+// both the Metal sources and the C++ planner (csrc/attention/), so the two can never disagree about layout.
+//
+// Canonical tensors (see csrc/ops.cpp): q (B, Hq, Lq, E), k (B, Hk, Sk, E), v (B, Hk, Sk, Ev), out (B, Hq, Lq, Ev),
+// lse (B, Hq, Lq) float; all contiguous. For varlen calls B = 1 and Lq, Sk are the packed token counts.
+#pragma once
+
+#include "portable_types.h"
+
+// Buffer indices of attention_forward ([[buffer(i)]]) and attention_combine.
+#define MFA_ATTN_Q 0
+#define MFA_ATTN_K 1
+#define MFA_ATTN_V 2
+#define MFA_ATTN_MASK 3
+#define MFA_ATTN_ALIBI 4
+#define MFA_ATTN_CU_Q 5
+#define MFA_ATTN_CU_K 6
+#define MFA_ATTN_OUT 7            // out in q's dtype, or the float partial outputs of each key split
+#define MFA_ATTN_LSE 8            // lse, or the partial log-sum-exp of each key split
+#define MFA_ATTN_PARAMS 9
+#define MFA_ATTN_TILE_COUNT 10    // debug (MFA_COUNT_TILES): key/value tiles computed, one uint per threadgroup
+#define MFA_ATTN_PARTIAL_OUT 11   // attention_combine's inputs
+#define MFA_ATTN_PARTIAL_LSE 12
+
+// Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores).
+#define MFA_MASK_NONE 0
+#define MFA_MASK_BOOL 1
+#define MFA_MASK_FLOAT 2
+
+// The largest head dims the kernels take (E and Ev independently).
+#define MFA_ATTN_MAX_HEAD_DIM 256
+
+struct AttentionParams {
+  mfa_i64 mask_strides[4];  // element strides of the mask over (B, Hq, L, S); 0 on broadcast dims
+  mfa_i64 dropout_offset;   // the counter of element (0, 0, 0, 0)
+  mfa_u32 batch;            // B, or the number of sequences for varlen calls
+  mfa_u32 q_heads;          // Hq
+  mfa_u32 kv_heads;         // Hk
+  mfa_u32 group;            // Hq / Hk: the query heads sharing one K/V head, packed into one threadgroup
+  mfa_u32 q_len;            // Lq of the q tensor (varlen: packed tokens)
+  mfa_u32 kv_len;           // Sk of the k tensor (varlen: packed tokens)
+  mfa_u32 head_dim;         // E
+  mfa_u32 value_dim;        // Ev
+  mfa_i32 window_left;      // query i attends keys i + offset - left ..= i + offset + right; -1 = unbounded
+  mfa_i32 window_right;
+  mfa_u32 bottom_right;     // offset = S - L (FlashAttention) instead of 0 (sdpa)
+  mfa_u32 varlen;           // cu_seqlens give each sequence's tokens
+  mfa_u32 has_alibi;
+  mfa_u32 alibi_batch_stride;  // 0 when the slopes are shared by the batch
+  float scale;
+  float softcap;            // 0 = off
+  mfa_u32 has_dropout;
+  mfa_u32 dropout_threshold;  // drop when the 32-bit hash is below p * 2^32
+  mfa_u32 dropout_key_lo;     // the mixed seed (see dropout_rng.h)
+  mfa_u32 dropout_key_hi;
+  float dropout_scale;        // 1 / (1 - p)
+  mfa_u32 dropout_rows;       // the counter's (rows, cols) per (batch, head): L, S (varlen: max_seqlen_q, max_seqlen_k)
+  mfa_u32 dropout_cols;
+  mfa_u32 num_splits;         // key splits per (batch, kv head, query block); > 1 writes partials for attention_combine
+  mfa_u32 blocks_per_split;   // key blocks per split
+  mfa_u32 max_seqlen_q;       // varlen: longest sequence (the combine grid); else Lq
+};
