@@ -7,8 +7,9 @@ from oracle import attention_fp64, check_against_oracle, make_inputs, torch_atte
 
 
 def sdpa_check(shapes, dtype, *, mask=None, mask_grad=False, is_causal=False, scale=None, enable_gqa=None,
-               window_size=None, alibi_slopes=None, softcap=0.0, return_lse=False, grads=True, seed=0):
-    """shapes: dict with q, k, v shapes. mask: tensor (bool/float) or None (float mask cast to dtype)."""
+               window_size=None, alibi_slopes=None, softcap=0.0, return_lse=False, grads=True, seed=0, device="cpu"):
+    """shapes: dict with q, k, v shapes. mask: tensor (bool/float) or None (float mask cast to dtype).
+    device: where mfa_torch runs (inputs are moved there and results back; the oracles run on the CPU)."""
     inputs = make_inputs(shapes, dtype, seed=seed)
     if mask is not None:
         m = mask if mask.dtype == torch.bool else mask.to(dtype)
@@ -38,7 +39,11 @@ def sdpa_check(shapes, dtype, *, mask=None, mask_grad=False, is_causal=False, sc
                alibi_slopes=alibi_slopes, softcap=softcap, scale=scale, align="upper_left")
 
     def ours(t):
-        return mfa_torch.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=t.get("mask"), **kw)
+        on = {name: x.to(device) for name, x in t.items()}
+        if alibi_slopes is not None:
+            kw["alibi_slopes"] = alibi_slopes.to(device)
+        result = mfa_torch.scaled_dot_product_attention(on["q"], on["k"], on["v"], attn_mask=on.get("mask"), **kw)
+        return tuple(r.cpu() for r in result) if return_lse else result.cpu()
 
     def oracle(t):
         return attention_fp64(t["q"], t["k"], t["v"], mask=t.get("mask"), **okw)

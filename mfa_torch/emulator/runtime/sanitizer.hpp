@@ -18,6 +18,7 @@ void __tsan_release(void* addr);
 extern "C" {
 void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
 void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+void __asan_unpoison_memory_region(const volatile void* addr, size_t size);
 }
 #endif
 
@@ -31,9 +32,14 @@ struct SanitizerFiber {
   size_t stack_size = 0;
 };
 
+// A fiber stack is reused by the next threadgroup: a finished fiber never unwinds its frames, so their redzones stay
+// poisoned and must be cleared before the stack is written again.
 inline void san_create(SanitizerFiber& f, const void* bottom, size_t size) {
 #if defined(MSL_CHECK_RACES)
   if (!f.tsan) f.tsan = __tsan_create_fiber(0);
+#endif
+#if defined(MSL_CHECK_BOUNDS)
+  __asan_unpoison_memory_region(bottom, size);
 #endif
   f.stack_bottom = bottom;
   f.stack_size = size;

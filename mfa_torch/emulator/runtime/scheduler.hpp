@@ -155,9 +155,9 @@ inline bool settle_barrier(Group& g) {
 inline void reset_threadgroup(Group& g) {
   for (int t = 0; t < g.n; t++) {
     char* bottom = g.stacks + size_t(t) * (fiber_stack_size + guard_size) + guard_size;
+    san_create(g.threads[t].san, bottom, fiber_stack_size);
     g.threads[t].sp = fiber_initial_sp(bottom + fiber_stack_size, &fiber_main);
     g.threads[t].wait.store(Wait::running, std::memory_order_relaxed);
-    san_create(g.threads[t].san, bottom, fiber_stack_size);
   }
   for (int s = 0; s < (g.n + simd_width - 1) / simd_width; s++) {
     SimdGroup& sg = g.simdgroups[s];

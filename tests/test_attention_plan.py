@@ -1,0 +1,135 @@
+"""Plans of the attention forward (csrc/attention/): resource limits and grid coverage for every head dim x dtype x
+GPU family, key splitting, temporaries, and clear errors for problems the kernels do not take."""
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mfa_torch import _C
+
+FAMILIES = ["apple7", "apple8", "apple9", "apple10"]
+DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def problem(**fields):
+    p = _C.AttentionProblem()
+    defaults = dict(batch=2, q_heads=4, kv_heads=2, q_len=37, kv_len=53, head_dim=64, value_dim=64)
+    for name, value in {**defaults, **fields}.items():
+        setattr(p, name, value)
+    return p
+
+
+def defines(launch):
+    return dict(launch.defines)
+
+
+def covered_rows(plan, p):
+    """(batch, head, row, split) of every output row the forward launch computes, from its grid and defines: a
+    threadgroup (x, kv head, batch * splits + split) packs query heads of the GQA group into its rows."""
+    forward = plan.launches[0]
+    block_q = int(defines(forward)["MFA_BLOCK_Q"])
+    group = p.q_heads // p.kv_heads
+    groups_x, heads, z = forward.threadgroups
+    splits = z // (p.num_sequences or p.batch)
+    rows = []
+    for x, kv_head, zz in itertools.product(range(groups_x), range(heads), range(z)):
+        for packed in range(x * block_q, (x + 1) * block_q):
+            if packed < p.q_len * group:
+                rows.append((zz // splits, kv_head * group + packed % group, packed // group, zz % splits))
+    return rows, splits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_head_dim_fits_the_gpu_limits(family, dtype):
+    for E in range(1, 257):
+        for Ev in {E, 1, 256, 257 - E}:
+            plan = _C.plan_attention_forward(problem(head_dim=E, value_dim=Ev, dtype=dtype, family=family))
+            for launch in plan.launches:
+                threads = launch.threads_per_threadgroup
+                assert threads[0] * threads[1] * threads[2] <= 1024
+                assert threads[0] % 32 == 0, "whole SIMD-groups only"
+                assert launch.threadgroup_memory <= 32 * 1024
+            d = defines(plan.launches[0])
+            assert int(d["MFA_HEAD_DIM"]) >= E and int(d["MFA_HEAD_DIM"]) % 8 == 0
+            assert int(d["MFA_VALUE_DIM"]) >= Ev and int(d["MFA_VALUE_DIM"]) % 8 == 0
+            assert d["MFA_T"] == {"float32": "float", "float16": "half", "bfloat16": "bfloat"}[dtype]
+            tile = int(d["MFA_BLOCK_K"]) * max(int(d["MFA_HEAD_DIM"]), int(d["MFA_VALUE_DIM"])) * 4
+            assert plan.launches[0].threadgroup_memory == tile  # what the shader declares
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=st.integers(1, 3), kv_heads=st.integers(1, 3), group=st.sampled_from([1, 2, 3, 8, 16]),
+       q_len=st.integers(1, 70), kv_len=st.integers(0, 3000), head_dim=st.integers(1, 256),
+       family=st.sampled_from(FAMILIES))
+def test_the_grid_covers_every_row_exactly_once(batch, kv_heads, group, q_len, kv_len, head_dim, family):
+    p = problem(batch=batch, q_heads=kv_heads * group, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len,
+                head_dim=head_dim, value_dim=head_dim, family=family)
+    plan = _C.plan_attention_forward(p)
+    rows, splits = covered_rows(plan, p)
+    expected = itertools.product(range(batch), range(p.q_heads), range(q_len), range(splits))
+    assert sorted(rows) == sorted(expected)
+    if splits > 1:  # the combine pass covers every (batch, head, row) once
+        combine = plan.launches[1]
+        assert combine.kernel == "attention_combine" and tuple(combine.threadgroups) == (q_len, p.q_heads, batch)
+        partial = {t.name: t.numel for t in plan.temporaries}
+        assert partial == {"partial_out": batch * p.q_heads * q_len * splits * head_dim,
+                           "partial_lse": batch * p.q_heads * q_len * splits}
+    else:
+        assert len(plan.launches) == 1 and not plan.temporaries
+
+
+def test_decoding_packs_the_gqa_group_and_splits_the_keys():
+    """Regression row 3's shape: one query, 16 query heads per K/V head, 1024 keys."""
+    p = problem(batch=1, q_heads=32, kv_heads=2, q_len=1, kv_len=1024, head_dim=128, value_dim=128, dtype="bfloat16")
+    plan = _C.plan_attention_forward(p)
+    forward = plan.launches[0]
+    assert defines(forward)["MFA_BLOCK_Q"] == "16"  # the 16 heads of a group share one threadgroup
+    assert defines(forward)["MFA_SPLIT_KV"] == "1" and forward.threadgroups[2] > 1
+    assert [launch.kernel for launch in plan.launches] == ["attention_forward", "attention_combine"]
+
+
+def test_large_problems_do_not_split():
+    plan = _C.plan_attention_forward(problem(batch=8, q_heads=16, kv_heads=16, q_len=4096, kv_len=4096))
+    assert len(plan.launches) == 1 and defines(plan.launches[0])["MFA_SPLIT_KV"] == "0"
+
+
+def test_the_tile_counter_is_a_debug_temporary():
+    plan = _C.plan_attention_forward(problem(count_tiles=True))
+    forward = plan.launches[0]
+    assert defines(forward)["MFA_COUNT_TILES"] == "1"
+    tiles = [t for t in plan.temporaries if t.name == "tile_count"]
+    assert len(tiles) == 1 and tiles[0].numel == forward.threadgroups[0] * forward.threadgroups[1] * \
+        forward.threadgroups[2]
+
+
+def test_unused_buffers_are_bound_and_present_ones_by_name():
+    plain = _C.plan_attention_forward(problem()).launches[0]
+    assert {a.index: a.tensor for a in plain.arguments if a.tensor} == {
+        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "lse", 10: "q"}
+    assert [a.index for a in plain.arguments if not a.tensor] == [9]  # the params struct, as bytes
+    full = _C.plan_attention_forward(problem(mask="bool", has_alibi=True)).launches[0]
+    assert {a.index: a.tensor for a in full.arguments}[3] == "mask"
+    assert {a.index: a.tensor for a in full.arguments}[4] == "alibi"
+    assert dict(full.defines)["MFA_MASK_T"] == "uchar"
+
+
+def test_empty_problems_have_no_launches():
+    for fields in ({"batch": 0}, {"q_heads": 0, "kv_heads": 0}, {"q_len": 0}):
+        assert not _C.plan_attention_forward(problem(**fields)).launches
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"head_dim": 257}, "head_dim must be in \\[1, 256\\]"),
+    ({"value_dim": 0}, "value_dim must be in \\[1, 256\\]"),
+    ({"dtype": "float64"}, "q must be float32, float16 or bfloat16"),
+    ({"mask": "int8"}, "mask must be float32, float16 or bfloat16"),
+    ({"q_heads": 3}, "multiple of kv_heads"),
+    ({"family": "apple6"}, "gpu family must be one of"),
+    ({"q_len": 2 ** 31}, "q_len must be below 2\\^31"),
+    ({"num_sequences": 2, "batch": 2}, "varlen problems must have batch 1"),
+])
+def test_problems_the_kernels_do_not_take_are_clear_errors(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _C.plan_attention_forward(problem(**fields))
