@@ -2,7 +2,9 @@
 
 #include <pybind11/stl.h>
 
+#include "attention/backward_plan.h"
 #include "attention/forward_plan.h"
+#include "gemm/plan.h"
 #include "launch_plan.h"
 #include "shader_source.h"
 
@@ -59,10 +61,26 @@ void bind_plans(py::module& m) {
       .def_readwrite("family", &AttentionProblem::family)
       .def_readwrite("count_tiles", &AttentionProblem::count_tiles);
   m.def("plan_attention_forward", &plan_attention_forward, "The launch plan of one attention forward call.");
+  m.def("plan_attention_backward", &plan_attention_backward, pybind11::arg("problem"), pybind11::arg("mask_grad"),
+        "The launch plan of one attention backward call.");
 
   m.def("set_shader_directory", &set_shader_directory, "Where the .metal sources live (set by mfa_torch at import).");
   m.def("expanded_shader_source", &expanded_shader_source,
         "A shader's source with the project's headers inlined, as the MPS executor compiles it.");
+
+  py::class_<GemmProblem>(m, "GemmProblem")
+      .def(py::init<>())
+      .def_readwrite("dtype", &GemmProblem::dtype)
+      .def_readwrite("batch", &GemmProblem::batch)
+      .def_readwrite("m", &GemmProblem::m)
+      .def_readwrite("n", &GemmProblem::n)
+      .def_readwrite("k", &GemmProblem::k)
+      .def_readwrite("a_strides", &GemmProblem::a_strides)
+      .def_readwrite("b_strides", &GemmProblem::b_strides)
+      .def_readwrite("has_bias", &GemmProblem::has_bias)
+      .def_readwrite("accumulate", &GemmProblem::accumulate)
+      .def_readwrite("family", &GemmProblem::family);
+  m.def("plan_gemm", &plan_gemm, "The launch plan of one GEMM call.");
 }
 
 }  // namespace mfa

@@ -9,6 +9,7 @@ import torch
 from . import _C  # noqa: F401  (loads the op schemas)
 from . import reference, routing
 from .metal import attention as metal_attention
+from .metal import gemm as metal_gemm
 from ._validation import FLOAT_DTYPES as _FLOATS
 from ._validation import require as _check
 
@@ -134,14 +135,22 @@ def _attention_backward_reference(grad_out, q, k, v, out, lse, mask, alibi_slope
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check(grad_out.shape == out.shape, f"grad_out shape {tuple(grad_out.shape)} != out shape {tuple(out.shape)}")
     _check(not mask_grad or (mask is not None and mask.dtype != torch.bool), "mask_grad needs a floating mask")
+    route = routing.kernel_route(q.device, metal_attention.backward_lacks(q, v, mask, mask_grad))
+    if route is not None:
+        return metal_attention.backward(route, grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q,
+                                        cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left, window_right,
+                                        bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
     return reference.attention_backward(grad_out.contiguous(), q, k, v, out, lse, mask, alibi_slopes,
                                         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left,
                                         window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
 
 
 @torch.library.register_kernel("mfa::gemm", None)
-def _gemm_reference(a, b, bias):
+def _gemm_kernel(a, b, bias):
     _check_gemm_args(a, b, bias)
+    route = routing.kernel_route(a.device, metal_gemm.metal_lacks(a.dtype))
+    if route is not None:
+        return metal_gemm.gemm(route, a, b, bias)
     return reference.gemm(a, b, bias)
 
 

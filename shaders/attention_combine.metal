@@ -4,8 +4,8 @@
 // Grid: x = query position (up to the longest sequence), y = query head, z = batch (or sequence); one SIMD-group
 // per row, its lanes striding over the value dim. Splits that saw no allowed key carry lse -inf and weigh 0.
 #include <metal_stdlib>
-#include "attention_params.h"
 using namespace metal;
+#include "attention_params.h"
 
 kernel void attention_combine(device const float* partial_out [[buffer(MFA_ATTN_PARTIAL_OUT)]],
                               device const float* partial_lse [[buffer(MFA_ATTN_PARTIAL_LSE)]],

@@ -11,10 +11,10 @@
 // rounded up to 8), MFA_BLOCK_Q (8 * SIMD-groups), MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
 // (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles).
 #include <metal_stdlib>
+using namespace metal;
 #include "attention_params.h"
 #include "attention_scores.h"
-#include "dropout_rng.h"
-using namespace metal;
+#include "attention_tiles.h"
 
 #if MFA_MASK_KIND == MFA_MASK_NONE
 #define MFA_MASK_T uchar
@@ -28,15 +28,6 @@ using namespace metal;
 constant constexpr uint SIMDGROUPS = MFA_BLOCK_Q / 8;
 constant constexpr uint THREADS = SIMDGROUPS * 32;
 constant constexpr uint TILE_STRIDE = MFA_HEAD_DIM > MFA_VALUE_DIM ? MFA_HEAD_DIM : MFA_VALUE_DIM;
-
-// Stages rows [key0, key0 + MFA_BLOCK_K) x dims [0, DIM) of one K or V head as float, zero past the ends.
-template <uint DIM>
-inline void stage_tile(threadgroup float* tile, device const MFA_T* head, long key0, int keys, uint dim, uint tid) {
-  for (uint e = tid; e < MFA_BLOCK_K * DIM; e += THREADS) {
-    const uint s = e / DIM, d = e % DIM;
-    tile[s * TILE_STRIDE + d] = (int(s) < keys && d < dim) ? float(head[(key0 + s) * dim + d]) : 0.0f;
-  }
-}
 
 kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               device const MFA_T* k [[buffer(MFA_ATTN_K)]],
@@ -58,62 +49,37 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const uint split = group.z % p.num_splits, seq = group.z / p.num_splits, kv_head = group.y;
   const uint G = p.group;
 
-  // This threadgroup's sequence: its first q/k token in the tensors and its lengths.
-  long q_first = 0, k_first = 0;
-  int L = int(p.q_len), S = int(p.kv_len);
-  if (p.varlen) {
-    q_first = cu_q[seq];
-    k_first = cu_k[seq];
-    L = cu_q[seq + 1] - cu_q[seq];
-    S = cu_k[seq + 1] - cu_k[seq];
-  }
-  const uint tensor_batch = p.varlen ? 0 : seq;
-  const int packed_rows = L * int(G);
+  const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
+  const int packed_rows = sq.q_len * int(G);
   const int row0 = int(group.x) * MFA_BLOCK_Q;
   if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
-  const int offset = p.bottom_right ? S - L : 0;
 
-  // Key blocks that some row of this threadgroup may attend (the band of the causal/window structure),
-  // intersected with this split's share of the blocks.
-  const int first_query = row0 / int(G), last_query = (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G);
-  const int lo = p.window_left < 0 ? 0 : max(0, first_query + offset - p.window_left);
-  const int hi = p.window_right < 0 ? S - 1 : min(S - 1, last_query + offset + p.window_right);
-  int block_begin = lo / MFA_BLOCK_K, block_end = lo <= hi ? hi / MFA_BLOCK_K + 1 : block_begin;
+  // Key blocks that some row of this threadgroup may attend, intersected with this split's share of the blocks.
+  const int2 band = attention_key_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G));
+  int block_begin = band.x / MFA_BLOCK_K, block_end = band.x <= band.y ? band.y / MFA_BLOCK_K + 1 : block_begin;
   block_begin = max(block_begin, int(split * p.blocks_per_split));
   block_end = min(block_end, int((split + 1) * p.blocks_per_split));
 
   // This lane's packed row and its two columns in every 8x8 tile (lane layout of facts/metal.md).
-  const uint tile_row = ((lane >> 4) & 1) * 4 + ((lane >> 1) & 3);
-  const uint tile_col = ((lane >> 3) & 1) * 4 + (lane & 1) * 2;
-  const int packed = row0 + int(sg) * 8 + int(tile_row);
+  const uint tile_col = mfa_tile_col(lane);
+  const int packed = row0 + int(sg) * 8 + int(mfa_tile_row(lane));
   const bool row_valid = packed < packed_rows;
-  AttentionRow row;
-  row.batch = seq;
-  row.head = kv_head * G + uint(packed) % G;
-  row.query = row_valid ? packed / int(G) : 0;
-  row.diagonal = row.query + offset;
-  row.slope = p.has_alibi ? alibi[row.batch * p.alibi_batch_stride + row.head] : 0.0f;
-  const long q_row = (long(tensor_batch) * p.q_heads + row.head) * p.q_len + q_first + row.query;
-  const long kv_base = (long(tensor_batch) * p.kv_heads + kv_head) * p.kv_len + k_first;
-  const ulong dropout_row =
-      ulong(p.dropout_offset) + ((ulong(row.batch) * p.q_heads + row.head) * p.dropout_rows + ulong(row.query)) *
-                                    p.dropout_cols;
+  const AttentionRow row = attention_row(p, sq, seq, kv_head * G + uint(packed) % G, row_valid ? packed / int(G) : 0,
+                                         alibi);
+  const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
+  const long kv_base = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first;
 
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], o_tiles[MFA_VALUE_DIM / 8];
-  for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-    thread float2& e = q_tiles[d].thread_elements();
-    const uint c = d * 8 + tile_col;
-    e.x = row_valid && c < p.head_dim ? float(q[q_row * p.head_dim + c]) : 0.0f;
-    e.y = row_valid && c + 1 < p.head_dim ? float(q[q_row * p.head_dim + c + 1]) : 0.0f;
-  }
+  mfa_load_row_tiles<MFA_HEAD_DIM>(q_tiles, q + q_row * p.head_dim, row_valid, p.head_dim, lane);
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   // Online softmax in base 2; every lane tracks its own row (the 4 lanes of a row hold equal copies).
   float row_max = -INFINITY, row_sum = 0.0f;
   for (int block = block_begin; block < block_end; block++) {
-    const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, S - key0);
+    const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile is consumed
-    stage_tile<MFA_HEAD_DIM>(kv_tile, k + kv_base * p.head_dim, key0, keys, p.head_dim, tid);
+    mfa_stage_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k + (kv_base + key0) * p.head_dim, keys,
+                                                                    p.head_dim, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
     simdgroup_float8x8 s_tiles[MFA_BLOCK_K / 8];
@@ -128,7 +94,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       thread float2& s = s_tiles[j].thread_elements();
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
-        const float score = row_valid ? attention_score(s[t], p, row, key, S, mask, MFA_MASK_KIND) : -INFINITY;
+        const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
         s[t] = score * M_LOG2E_F;
         block_max = max(block_max, s[t]);
       }
@@ -144,13 +110,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       thread float2& s = s_tiles[j].thread_elements();
       s = exp2(s - shift);
       block_sum += s.x + s.y;
-      if (p.has_dropout) {  // the softmax sum counts every probability; only the kept ones reach the output
-        for (uint t = 0; t < 2; t++) {
-          const ulong counter = dropout_row + ulong(key0 + int(j * 8 + tile_col + t));
-          s[t] = mfa_dropout_keep(counter, p.dropout_key_lo, p.dropout_key_hi, p.dropout_threshold)
-                     ? s[t] * p.dropout_scale : 0.0f;
-        }
-      }
+      // the softmax sum counts every probability; dropout only decides which ones reach the output
+      for (uint t = 0; t < 2; t++) s[t] *= attention_dropout_factor(p, row, key0 + int(j * 8 + tile_col + t));
     }
     block_sum += simd_shuffle_xor(block_sum, ushort(1));
     block_sum += simd_shuffle_xor(block_sum, ushort(8));
@@ -159,7 +120,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
 
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every SIMD-group is done with the K tile
-    stage_tile<MFA_VALUE_DIM>(kv_tile, v + kv_base * p.value_dim, key0, keys, p.value_dim, tid);
+    mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, TILE_STRIDE, THREADS>(kv_tile, v + (kv_base + key0) * p.value_dim, keys,
+                                                                     p.value_dim, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
       for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
@@ -182,11 +144,6 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #else
   const long out_row = q_row;
 #endif
-  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
-    const float2 e = o_tiles[d].thread_elements() * inv_sum;
-    const uint c = d * 8 + tile_col;
-    if (c < p.value_dim) out[out_row * p.value_dim + c] = MFA_OUT_T(e.x);
-    if (c + 1 < p.value_dim) out[out_row * p.value_dim + c + 1] = MFA_OUT_T(e.y);
-  }
+  mfa_store_row_tiles<MFA_VALUE_DIM>(out + out_row * p.value_dim, o_tiles, inv_sum, p.value_dim, lane);
   if (tile_col == 0) lse[out_row] = row_lse;
 }

@@ -7,7 +7,7 @@
 
 #include "portable_types.h"
 
-// Buffer indices of attention_forward ([[buffer(i)]]) and attention_combine.
+// Buffer indices ([[buffer(i)]]) of the attention kernels.
 #define MFA_ATTN_Q 0
 #define MFA_ATTN_K 1
 #define MFA_ATTN_V 2
@@ -21,6 +21,13 @@
 #define MFA_ATTN_TILE_COUNT 10    // debug (MFA_COUNT_TILES): key/value tiles computed, one uint per threadgroup
 #define MFA_ATTN_PARTIAL_OUT 11   // attention_combine's inputs
 #define MFA_ATTN_PARTIAL_LSE 12
+// The backward kernels' own buffers (besides q, k, v, mask, alibi, cu_seqlens, out = the forward output, lse).
+#define MFA_ATTN_GRAD_OUT 13
+#define MFA_ATTN_DELTA 14         // D = rowsum(dO * O), float (B, Hq, Lq)
+#define MFA_ATTN_DQ 15
+#define MFA_ATTN_DK 16
+#define MFA_ATTN_DV 17
+#define MFA_ATTN_DMASK 18         // float (B, Hq, L, S) when MFA_MASK_GRAD: the score gradient
 
 // Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores).
 #define MFA_MASK_NONE 0

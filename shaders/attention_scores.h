@@ -1,7 +1,42 @@
-// Scores of attention, element by element: scale, softcap, ALiBi, mask and the causal/window structure, in the
-// order mfa_torch's reference path and the fp64 test oracle apply them. Shared by the forward and backward kernels.
+// The geometry and scores of attention shared by the forward and backward kernels: where a sequence's tokens sit,
+// which key/query blocks the causal/window band can reach, and scores element by element (scale, softcap, ALiBi,
+// mask and the causal/window structure, in the order mfa_torch's reference path and the fp64 oracle apply them).
 #pragma once
 #include "attention_params.h"
+#include "dropout_rng.h"
+
+// One sequence of the call: its first q/k token in the tensors and its lengths (varlen: from cu_seqlens).
+struct AttentionSequence {
+  long q_first, k_first;
+  int q_len, kv_len;
+  uint tensor_batch;  // batch index into q/k/v (0 for varlen: one packed batch)
+  int offset;         // key index on the diagonal of query 0: 0, or kv_len - q_len (bottom-right)
+};
+
+inline AttentionSequence attention_sequence(constant AttentionParams& p, uint seq, device const int* cu_q,
+                                            device const int* cu_k) {
+  AttentionSequence s;
+  s.q_first = 0, s.k_first = 0, s.q_len = int(p.q_len), s.kv_len = int(p.kv_len), s.tensor_batch = seq;
+  if (p.varlen) {
+    s.q_first = cu_q[seq], s.k_first = cu_k[seq], s.tensor_batch = 0;
+    s.q_len = cu_q[seq + 1] - cu_q[seq];
+    s.kv_len = cu_k[seq + 1] - cu_k[seq];
+  }
+  s.offset = p.bottom_right ? s.kv_len - s.q_len : 0;
+  return s;
+}
+
+// Keys [x, y] that some query in [first, last] may attend under the causal/window band (y < x: none).
+inline int2 attention_key_band(constant AttentionParams& p, thread const AttentionSequence& s, int first, int last) {
+  return int2(p.window_left < 0 ? 0 : max(0, first + s.offset - p.window_left),
+              p.window_right < 0 ? s.kv_len - 1 : min(s.kv_len - 1, last + s.offset + p.window_right));
+}
+
+// Queries [x, y] that may attend some key in [first, last] (y < x: none).
+inline int2 attention_query_band(constant AttentionParams& p, thread const AttentionSequence& s, int first, int last) {
+  return int2(p.window_right < 0 ? 0 : max(0, first - s.offset - p.window_right),
+              p.window_left < 0 ? s.q_len - 1 : min(s.q_len - 1, last - s.offset + p.window_left));
+}
 
 // One query row: where it sits and what its scores read.
 struct AttentionRow {
@@ -11,6 +46,17 @@ struct AttentionRow {
   int diagonal;    // query + offset: the key this row sees on the (possibly bottom-right) diagonal
   float slope;     // ALiBi slope, 0 without ALiBi
 };
+
+inline AttentionRow attention_row(constant AttentionParams& p, thread const AttentionSequence& s, uint seq, uint head,
+                                  int query, device const float* alibi) {
+  AttentionRow row;
+  row.batch = seq;
+  row.head = head;
+  row.query = query;
+  row.diagonal = query + s.offset;
+  row.slope = p.has_alibi ? alibi[seq * p.alibi_batch_stride + head] : 0.0f;
+  return row;
+}
 
 // Whether the causal/window structure and the key count let this row attend `key`.
 inline bool attention_allowed(constant AttentionParams& p, thread const AttentionRow& row, int key, int kv_len) {
@@ -36,4 +82,29 @@ inline float attention_score(float dot, constant AttentionParams& p, thread cons
     }
   }
   return s;
+}
+
+// Dropout's factor for (row, key): 1 without dropout, else 0 (dropped) or 1 / (1 - p) (kept).
+inline float attention_dropout_factor(constant AttentionParams& p, thread const AttentionRow& row, int key) {
+  if (!p.has_dropout) return 1.0f;
+  const ulong counter = ulong(p.dropout_offset) +
+                        ((ulong(row.batch) * p.q_heads + row.head) * p.dropout_rows + ulong(row.query)) * p.dropout_cols +
+                        ulong(key);
+  return mfa_dropout_keep(counter, p.dropout_key_lo, p.dropout_key_hi, p.dropout_threshold) ? p.dropout_scale : 0.0f;
+}
+
+// Softmax probability of a score (natural units) given its row's log-sum-exp; 0 for masked scores and for rows
+// that attend nothing (lse -inf).
+inline float attention_probability(float score, float lse) {
+  return score == -INFINITY || lse == -INFINITY ? 0.0f : metal::precise::exp(score - lse);
+}
+
+// Gradient with respect to the raw dot product q . k from ds, the gradient of the score (after softcap, where ALiBi
+// and the mask are added): the softcap chain rule and the scale.
+inline float attention_dot_gradient(float ds, float dot, constant AttentionParams& p) {
+  if (p.softcap > 0.0f) {
+    const float t = metal::precise::tanh(dot * p.scale / p.softcap);
+    ds *= 1.0f - t * t;
+  }
+  return ds * p.scale;
 }

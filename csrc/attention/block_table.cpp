@@ -3,6 +3,8 @@
 // favour 4 SIMD-groups of 8 rows sharing each tile, as MLX's fused attention does; on M3 and later (Apple9+)
 // registers are the scarcer resource and loads are cheap, so MFA's M3 tables use 16 query rows and long key blocks
 // for small head dims.
+// The backward stages a K and a V tile (dQ) or a Q and a dO tile (dK/dV) together, again 16 KiB of float, so the tile
+// length halves as E + Ev doubles. Until a Mac measures otherwise, every family shares the backward table.
 #include "attention/block_table.h"
 
 namespace mfa {
@@ -24,7 +26,19 @@ AttentionBlocks lookup(const Row (&table)[N], uint32_t dim) {
   return table[N - 1].blocks;
 }
 
+constexpr struct {
+  uint32_t max_dims;
+  AttentionBackwardBlocks blocks;
+} kBackward[] = {{128, {32, 32, 32, 32}}, {256, {32, 16, 32, 16}}, {512, {16, 8, 16, 8}}};
+
 }  // namespace
+
+AttentionBackwardBlocks attention_backward_blocks(GpuFamily, uint32_t dims) {
+  for (const auto& row : kBackward) {
+    if (dims <= row.max_dims) return row.blocks;
+  }
+  return kBackward[2].blocks;
+}
 
 AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim) {
   return has_dynamic_caching(family) ? lookup(kApple9, dim) : lookup(kApple7, dim);

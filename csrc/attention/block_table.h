@@ -15,6 +15,16 @@ struct AttentionBlocks {
 // `dim`: the larger of the padded query/key and value head dims (multiples of 8, at most 256).
 AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim);
 
+struct AttentionBackwardBlocks {
+  uint32_t dq_block_q;     // dQ kernel: packed query rows per threadgroup (8 per SIMD-group)
+  uint32_t dq_block_k;     // dQ kernel: keys per K and V tile
+  uint32_t dkdv_block_kv;  // dK/dV kernel: keys per threadgroup (8 per SIMD-group)
+  uint32_t dkdv_block_q;   // dK/dV kernel: queries per Q and dO tile
+};
+
+// `dims`: padded query/key head dim + padded value head dim (the backward stages both kinds of tile at once).
+AttentionBackwardBlocks attention_backward_blocks(GpuFamily family, uint32_t dims);
+
 // Key splits (flash-decoding) are added while the grid has fewer threadgroups than this.
 constexpr uint32_t kAttentionTargetThreadgroups = 128;
 // A split covers at least this many key blocks, so the combine pass stays cheap next to the splits.

@@ -19,6 +19,16 @@ def metal_lacks(dtype, head_dim, value_dim):
     return lacks
 
 
+def backward_lacks(q, v, mask, mask_grad):
+    """What an attention backward needs that the Metal kernels do not implement (empty: they take it)."""
+    lacks = metal_lacks(q.dtype, q.shape[3], v.shape[3])
+    full = (q.shape[0], q.shape[1], q.shape[2], v.shape[2])
+    if mask_grad and tuple(mask.shape) != full:
+        lacks.append("the gradient of a mask broadcast over some dimension (the Metal kernels write one score "
+                     "gradient per element and do not sum)")
+    return lacks
+
+
 def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
@@ -51,22 +61,59 @@ def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_
             count_tiles=False, checks=None):
     """mfa::attention_forward on the Metal route. Debug keywords: family (block tables of that GPU family),
     count_tiles (also return the key/value tiles each threadgroup computed), checks (emulator checking mode)."""
+    problem, tensors = _prepare(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
+                                dropout_seed, family, count_tiles)
+    plan = _C.plan_attention_forward(problem)
+    B, Hq, L, _ = q.shape
+    tensors["out"] = out = q.new_empty(B, Hq, L, v.shape[3])
+    tensors["lse"] = lse = torch.empty(B, Hq, L, dtype=torch.float32, device=q.device)
+    temporaries = executors.run(route, plan, tensors, checks)
+    if count_tiles:  # a plan without launches (nothing to compute) computed no tiles
+        return out, lse, _tile_count(temporaries, "tile_count")
+    return out, lse
+
+
+def backward(route, grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+             max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad,
+             *, family=None, count_tiles=False, checks=None):
+    """mfa::attention_backward on the Metal route (debug keywords as forward; count_tiles returns the dQ and dK/dV
+    kernels' tile counts after the gradients). dmask only for masks with every dimension full (backward_lacks)."""
+    problem, tensors = _prepare(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
+                                dropout_seed, family, count_tiles)
+    plan = _C.plan_attention_backward(problem, mask_grad)
+    tensors.update(grad_out=grad_out.contiguous(), out=out.contiguous(), lse=lse.contiguous())
+    dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    tensors.update(dq=dq, dk=dk, dv=dv)
+    dmask = q.new_empty(0)
+    if mask_grad:  # the kernel writes through the mask's strides: a contiguous full mask and its gradient
+        tensors["mask"] = tensors["mask"].contiguous()
+        tensors["dmask"] = dmask_float = torch.zeros(tensors["mask"].shape, dtype=torch.float32, device=q.device)
+    temporaries = executors.run(route, plan, tensors, checks)
+    if mask_grad:
+        dmask = dmask_float.to(mask.dtype)
+    grads = dq, dk, dv, dmask
+    if count_tiles:
+        return grads + (_tile_count(temporaries, "tile_count_dq"), _tile_count(temporaries, "tile_count_dkdv"))
+    return grads
+
+
+def _tile_count(temporaries, name):
+    return temporaries.get(name, torch.zeros(0, dtype=torch.int32))
+
+
+def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right, softcap,
+             dropout_p, seed, family, count_tiles):
+    """The problem for the planner and the input tensors by the names plans bind."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if mask is not None and mask.dtype == torch.float64:
         mask = mask.float()  # same (broadcast) shape; the GPU has no float64
-    problem = _problem(q, k, v, mask, alibi_slopes, cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale, window_left,
-                       window_right, bottom_right, softcap, dropout_p, dropout_seed,
-                       family or executors.gpu_family(route))
+    problem = _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, bottom_right, softcap, dropout_p,
+                       seed, family or executors.gpu_family(route))
     problem.count_tiles = count_tiles
-    plan = _C.plan_attention_forward(problem)
-    B, Hq, L, _ = q.shape
-    out = q.new_empty(B, Hq, L, v.shape[3])
-    lse = torch.empty(B, Hq, L, dtype=torch.float32, device=q.device)
-    tensors = {"q": q, "k": k, "v": v, "out": out, "lse": lse}
-    optional = {"mask": mask, "alibi": None if alibi_slopes is None else alibi_slopes.contiguous(),
-                "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k}
+    tensors = {"q": q, "k": k, "v": v}
+    optional = {"mask": mask, "alibi": None if alibi is None else alibi.contiguous(), "cu_seqlens_q": cu_q,
+                "cu_seqlens_k": cu_k}
     tensors.update({name: t for name, t in optional.items() if t is not None})
-    temporaries = executors.run(route, plan, tensors, checks)
-    if count_tiles:  # a plan without launches (nothing to compute) computed no tiles
-        return out, lse, temporaries.get("tile_count", torch.zeros(0, dtype=torch.int32))
-    return out, lse
+    return problem, tensors

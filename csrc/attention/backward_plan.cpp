@@ -1,0 +1,80 @@
+#include "attention/backward_plan.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "attention/block_table.h"
+#include "gpu_family.h"
+
+namespace mfa {
+
+Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
+  validate_attention_problem(prob);
+  if (mask_grad && (prob.mask == "none" || prob.mask == "bool")) {
+    throw std::invalid_argument("mask_grad needs a floating mask");
+  }
+  Plan plan;
+  const auto [sequences, rows, keys, group] = attention_extent(prob);
+  if (sequences == 0 || prob.kv_heads == 0 || rows == 0 || keys == 0) return plan;  // all gradients are zero
+
+  const uint32_t dims = uint32_t(round_up(prob.head_dim, 8) + round_up(prob.value_dim, 8));
+  const AttentionBackwardBlocks blocks = attention_backward_blocks(parse_gpu_family(prob.family), dims);
+  const AttentionParams params = attention_params(prob, 1, 1);
+  const int64_t q_rows = prob.batch * prob.q_heads * prob.q_len;  // rows of the q tensor
+  plan.temporaries.push_back({"delta", "float32", q_rows});
+
+  Launch delta;
+  delta.shader = "attention_backward_delta.metal";
+  delta.kernel = "attention_backward_delta";
+  delta.defines = {{"MFA_T", attention_metal_type(prob.dtype, "q")}};
+  delta.threadgroups = {uint64_t(ceil_div(q_rows, 4)), 1, 1};
+  delta.threads_per_threadgroup = {128, 1, 1};
+  delta.arguments = {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_OUT, "out"),
+                     tensor_argument(MFA_ATTN_DELTA, "delta"), bytes_argument(MFA_ATTN_PARAMS, params)};
+  if (q_rows > 0) plan.launches.push_back(delta);
+
+  // dQ: packed GQA rows as in the forward; a short query block shrinks the threadgroup.
+  const int64_t block_q = std::min<int64_t>(blocks.dq_block_q, round_up(rows * group, 8));
+  Launch dq;
+  dq.shader = "attention_backward_dq.metal";
+  dq.kernel = "attention_backward_dq";
+  dq.defines = attention_kernel_defines(prob);
+  dq.defines.insert(dq.defines.end(), {{"MFA_BLOCK_Q", std::to_string(block_q)},
+                                       {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
+                                       {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}});
+  dq.threadgroups = {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)};
+  dq.threads_per_threadgroup = {uint64_t(block_q / 8 * 32), 1, 1};
+  dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * sizeof(float);
+  dq.arguments = attention_kernel_arguments(prob, params, "lse", "tile_count_dq");
+  dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
+                                           tensor_argument(MFA_ATTN_DELTA, "delta"), tensor_argument(MFA_ATTN_DQ, "dq"),
+                                           tensor_argument(MFA_ATTN_DMASK, bound_or_q(mask_grad, "dmask"))});
+  plan.launches.push_back(dq);
+
+  // dK/dV: a short key range shrinks the threadgroup too (8 keys per SIMD-group).
+  const int64_t block_kv = std::min<int64_t>(blocks.dkdv_block_kv, std::max<int64_t>(16, round_up(keys, 8)));
+  Launch dkdv;
+  dkdv.shader = "attention_backward_dkdv.metal";
+  dkdv.kernel = "attention_backward_dkdv";
+  dkdv.defines = attention_kernel_defines(prob);
+  dkdv.defines.insert(dkdv.defines.end(), {{"MFA_BLOCK_KV", std::to_string(block_kv)},
+                                           {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)}});
+  dkdv.threadgroups = {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)};
+  dkdv.threads_per_threadgroup = {uint64_t(block_kv / 8 * 32), 1, 1};
+  dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims + 2) * sizeof(float);
+  dkdv.arguments = attention_kernel_arguments(prob, params, "lse", "tile_count_dkdv");
+  dkdv.arguments.insert(dkdv.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
+                                               tensor_argument(MFA_ATTN_DELTA, "delta"),
+                                               tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv")});
+  plan.launches.push_back(dkdv);
+
+  if (prob.count_tiles) {
+    plan.temporaries.push_back({"tile_count_dq", "int32", int64_t(dq.threadgroups[0] * dq.threadgroups[1] *
+                                                                  dq.threadgroups[2])});
+    plan.temporaries.push_back({"tile_count_dkdv", "int32", int64_t(dkdv.threadgroups[0] * dkdv.threadgroups[1] *
+                                                                    dkdv.threadgroups[2])});
+  }
+  return plan;
+}
+
+}  // namespace mfa

@@ -1,0 +1,126 @@
+#include "attention/problem.h"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <utility>
+
+#include "dropout_rng.h"
+#include "gpu_family.h"
+
+namespace mfa {
+namespace {
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+}  // namespace
+
+int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+int64_t ceil_div(int64_t x, int64_t divisor) { return (x + divisor - 1) / divisor; }
+
+std::string attention_metal_type(const std::string& dtype, const char* what) {
+  if (dtype == "float32") return "float";
+  if (dtype == "float16") return "half";
+  if (dtype == "bfloat16") return "bfloat";
+  throw std::invalid_argument(std::string(what) + " must be float32, float16 or bfloat16 for the Metal kernels, got " +
+                              dtype);
+}
+
+void validate_attention_problem(const AttentionProblem& p) {
+  attention_metal_type(p.dtype, "q");
+  for (auto [name, dim] : {std::pair{"head_dim", p.head_dim}, std::pair{"value_dim", p.value_dim}}) {
+    require(dim >= 1 && dim <= MFA_ATTN_MAX_HEAD_DIM,
+            std::string(name) + " must be in [1, 256] for the Metal kernels, got " + std::to_string(dim));
+  }
+  require(p.batch >= 0 && p.q_heads >= 0 && p.kv_heads >= 0 && p.q_len >= 0 && p.kv_len >= 0, "sizes must be >= 0");
+  require(p.kv_heads == 0 ? p.q_heads == 0 : p.q_heads % p.kv_heads == 0, "q_heads must be a multiple of kv_heads");
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();  // positions and counts are 32-bit in the kernels
+  for (auto [name, n] : {std::pair{"batch", p.batch}, std::pair{"q_heads", p.q_heads}, std::pair{"q_len", p.q_len},
+                         std::pair{"kv_len", p.kv_len}, std::pair{"max_seqlen_q", p.max_seqlen_q},
+                         std::pair{"max_seqlen_k", p.max_seqlen_k}}) {
+    require(n <= kMax, std::string(name) + " must be below 2^31 for the Metal kernels, got " + std::to_string(n));
+  }
+  require(p.q_len * p.q_heads <= kMax, "q_len * q_heads must be below 2^31 (packed GQA rows are 32-bit)");
+  if (p.mask != "none" && p.mask != "bool") attention_metal_type(p.mask, "mask");
+  require(p.num_sequences == 0 || p.batch == 1, "varlen problems must have batch 1");
+  require(p.num_sequences == 0 || p.mask == "none", "mask is not supported together with cu_seqlens");
+  require(p.dropout_p >= 0.0 && p.dropout_p < 1.0, "dropout_p must be in [0, 1)");
+  parse_gpu_family(p.family);
+}
+
+AttentionExtent attention_extent(const AttentionProblem& p) {
+  const bool varlen = p.num_sequences > 0;
+  return {varlen ? p.num_sequences : p.batch, varlen ? p.max_seqlen_q : p.q_len, varlen ? p.max_seqlen_k : p.kv_len,
+          p.kv_heads ? p.q_heads / p.kv_heads : 1};
+}
+
+int attention_mask_kind(const AttentionProblem& p) {
+  return p.mask == "none" ? MFA_MASK_NONE : p.mask == "bool" ? MFA_MASK_BOOL : MFA_MASK_FLOAT;
+}
+
+AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, int64_t blocks_per_split) {
+  const AttentionExtent extent = attention_extent(prob);
+  AttentionParams params{};
+  for (int i = 0; i < 4; i++) params.mask_strides[i] = prob.mask_strides[i];
+  params.dropout_offset = prob.dropout_offset;
+  params.batch = mfa_u32(extent.sequences);
+  params.q_heads = mfa_u32(prob.q_heads);
+  params.kv_heads = mfa_u32(prob.kv_heads);
+  params.group = mfa_u32(extent.group);
+  params.q_len = mfa_u32(prob.q_len);
+  params.kv_len = mfa_u32(prob.kv_len);
+  params.head_dim = mfa_u32(prob.head_dim);
+  params.value_dim = mfa_u32(prob.value_dim);
+  params.window_left = mfa_i32(std::clamp<int64_t>(prob.window_left, -1, std::numeric_limits<int32_t>::max()));
+  params.window_right = mfa_i32(std::clamp<int64_t>(prob.window_right, -1, std::numeric_limits<int32_t>::max()));
+  params.bottom_right = prob.bottom_right;
+  params.varlen = prob.num_sequences > 0;
+  params.has_alibi = prob.has_alibi;
+  params.alibi_batch_stride = mfa_u32(prob.alibi_batch_stride);
+  params.scale = float(prob.scale);
+  params.softcap = float(prob.softcap);
+  params.has_dropout = prob.dropout_p > 0.0;
+  params.dropout_threshold = mfa_u32(prob.dropout_p * 4294967296.0);
+  params.dropout_key_lo = mfa_dropout_key_lo(mfa_u64(prob.dropout_seed));
+  params.dropout_key_hi = mfa_dropout_key_hi(mfa_u64(prob.dropout_seed));
+  params.dropout_scale = prob.dropout_p > 0.0 ? float(1.0 / (1.0 - prob.dropout_p)) : 1.0f;
+  params.dropout_rows = mfa_u32(extent.rows);
+  params.dropout_cols = mfa_u32(extent.keys);
+  params.num_splits = mfa_u32(splits);
+  params.blocks_per_split = mfa_u32(blocks_per_split);
+  params.max_seqlen_q = mfa_u32(extent.rows);
+  return params;
+}
+
+std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const AttentionProblem& p) {
+  const int mask_kind = attention_mask_kind(p);
+  std::vector<std::pair<std::string, std::string>> defines = {
+      {"MFA_T", attention_metal_type(p.dtype, "q")},
+      {"MFA_HEAD_DIM", std::to_string(round_up(p.head_dim, 8))},
+      {"MFA_VALUE_DIM", std::to_string(round_up(p.value_dim, 8))},
+      {"MFA_MASK_KIND", std::to_string(mask_kind)},
+      {"MFA_COUNT_TILES", p.count_tiles ? "1" : "0"}};
+  if (mask_kind != MFA_MASK_NONE) {
+    defines.push_back({"MFA_MASK_T", mask_kind == MFA_MASK_BOOL ? "uchar" : attention_metal_type(p.mask, "mask")});
+  }
+  return defines;
+}
+
+std::vector<Argument> attention_kernel_arguments(const AttentionProblem& p, const AttentionParams& params,
+                                                 const std::string& lse, const std::string& tile_count) {
+  const bool varlen = p.num_sequences > 0;
+  return {tensor_argument(MFA_ATTN_Q, "q"),
+          tensor_argument(MFA_ATTN_K, "k"),
+          tensor_argument(MFA_ATTN_V, "v"),
+          tensor_argument(MFA_ATTN_MASK, bound_or_q(p.mask != "none", "mask")),
+          tensor_argument(MFA_ATTN_ALIBI, bound_or_q(p.has_alibi, "alibi")),
+          tensor_argument(MFA_ATTN_CU_Q, bound_or_q(varlen, "cu_seqlens_q")),
+          tensor_argument(MFA_ATTN_CU_K, bound_or_q(varlen, "cu_seqlens_k")),
+          tensor_argument(MFA_ATTN_LSE, lse),
+          bytes_argument(MFA_ATTN_PARAMS, params),
+          tensor_argument(MFA_ATTN_TILE_COUNT, bound_or_q(p.count_tiles, tile_count.c_str()))};
+}
+
+}  // namespace mfa

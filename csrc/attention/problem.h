@@ -1,0 +1,67 @@
+// The canonical attention call of csrc/ops.cpp described as plain data, its validation, and the params struct every
+// attention kernel reads (shaders/attention_params.h). Shared by the forward and backward planners.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attention_params.h"
+#include "launch_plan.h"
+
+namespace mfa {
+
+// The canonical attention call of csrc/ops.cpp, described by sizes and options only.
+struct AttentionProblem {
+  std::string dtype = "float32";  // of q, k, v and out: "float32", "float16" or "bfloat16"
+  int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
+  std::string mask = "none";  // "none", "bool", or the float mask's dtype ("float32", "float16", "bfloat16")
+  std::array<int64_t, 4> mask_strides{};  // element strides over (B, Hq, L, S), 0 on broadcast dims
+  bool has_alibi = false;
+  int64_t alibi_batch_stride = 0;
+  int64_t num_sequences = 0;  // > 0: varlen (batch 1, cu_seqlens with num_sequences + 1 entries)
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+  double scale = 1.0;
+  int64_t window_left = -1, window_right = -1;
+  bool bottom_right = false;
+  double softcap = 0.0;
+  double dropout_p = 0.0;
+  int64_t dropout_seed = 0, dropout_offset = 0;
+  std::string family = "apple9";
+  bool count_tiles = false;  // debug: the plan adds the int32 temporary "tile_count", one entry per threadgroup
+};
+
+// Throws std::invalid_argument naming the argument for problems the kernels do not take.
+void validate_attention_problem(const AttentionProblem& problem);
+
+// The Metal type name of a dtype ("float32" -> "float", ...); `what` names the argument in the error.
+std::string attention_metal_type(const std::string& dtype, const char* what);
+
+// The longest sequence's query and key counts (varlen: max_seqlen_q / max_seqlen_k), sequences, and the GQA group.
+struct AttentionExtent {
+  int64_t sequences, rows, keys, group;
+};
+AttentionExtent attention_extent(const AttentionProblem& problem);
+
+// The params struct for a plan with `splits` key splits of `blocks_per_split` key blocks each.
+AttentionParams attention_params(const AttentionProblem& problem, int64_t splits, int64_t blocks_per_split);
+
+// The MFA_MASK_KIND of the problem's mask and the defines naming its element type.
+int attention_mask_kind(const AttentionProblem& problem);
+
+// A tensor name, or "q" for a buffer the variant never reads (Metal wants every declared buffer bound).
+inline std::string bound_or_q(bool present, const char* name) { return present ? name : "q"; }
+
+// What every fused attention kernel (forward, backward dQ and dK/dV) shares: the defines naming the input type, the
+// padded head dims, the mask and the tile counter, and the bindings of q, k, v, mask, ALiBi, cu_seqlens, lse, the
+// params and the tile counter ("tile_count" when counting, itself a temporary the caller adds).
+std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const AttentionProblem& problem);
+std::vector<Argument> attention_kernel_arguments(const AttentionProblem& problem, const AttentionParams& params,
+                                                 const std::string& lse, const std::string& tile_count);
+
+int64_t round_up(int64_t x, int64_t multiple);
+int64_t ceil_div(int64_t x, int64_t divisor);
+
+}  // namespace mfa

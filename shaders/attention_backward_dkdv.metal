@@ -1,0 +1,128 @@
+// Attention backward, dK and dV: parallel over key blocks, no atomics. A threadgroup owns MFA_BLOCK_KV keys of one
+// K/V head and loops over every query head of its GQA group and every query block in the causal/window band, so the
+// group's sum lands in registers and each dK/dV row is written once, in a fixed order (deterministic).
+// Per query block: S^T = K Q^T, P^T from the saved log-sum-exp, dV += (P^T * dropout) dO, dP^T = V dO^T,
+// dS^T = P^T * (dP^T - D), dK += dS^T Q (with the softcap chain rule and the scale).
+//
+// Grid: x = key blocks, y = K/V head, z = batch (or sequence). K, V and the dK/dV accumulators stay in registers (one
+// SIMD-group owns 8 keys); Q, dO, lse and D of the current query block are staged in threadgroup memory.
+#include <metal_stdlib>
+using namespace metal;
+#include "attention_params.h"
+#include "attention_scores.h"
+#include "attention_tiles.h"
+
+#if MFA_MASK_KIND == MFA_MASK_NONE
+#define MFA_MASK_T uchar
+#endif
+
+constant constexpr uint THREADS = MFA_BLOCK_KV / 8 * 32;
+
+kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
+                                    device const MFA_T* k [[buffer(MFA_ATTN_K)]],
+                                    device const MFA_T* v [[buffer(MFA_ATTN_V)]],
+                                    device const MFA_MASK_T* mask [[buffer(MFA_ATTN_MASK)]],
+                                    device const float* alibi [[buffer(MFA_ATTN_ALIBI)]],
+                                    device const int* cu_q [[buffer(MFA_ATTN_CU_Q)]],
+                                    device const int* cu_k [[buffer(MFA_ATTN_CU_K)]],
+                                    device const float* lse [[buffer(MFA_ATTN_LSE)]],
+                                    constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
+                                    device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
+                                    device const MFA_T* grad_out [[buffer(MFA_ATTN_GRAD_OUT)]],
+                                    device const float* delta [[buffer(MFA_ATTN_DELTA)]],
+                                    device MFA_T* dk [[buffer(MFA_ATTN_DK)]],
+                                    device MFA_T* dv [[buffer(MFA_ATTN_DV)]],
+                                    uint3 group [[threadgroup_position_in_grid]],
+                                    uint3 groups [[threadgroups_per_grid]],
+                                    ushort sg [[simdgroup_index_in_threadgroup]],
+                                    ushort lane [[thread_index_in_simdgroup]],
+                                    ushort tid [[thread_index_in_threadgroup]]) {
+  threadgroup float q_tile[MFA_BLOCK_Q * MFA_HEAD_DIM];
+  threadgroup float do_tile[MFA_BLOCK_Q * MFA_VALUE_DIM];
+  threadgroup float lse_tile[MFA_BLOCK_Q];
+  threadgroup float delta_tile[MFA_BLOCK_Q];
+  const uint seq = group.z, kv_head = group.y, G = p.group;
+  const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
+  const int key0 = int(group.x) * MFA_BLOCK_KV;
+  if (key0 >= sq.kv_len) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
+  const int2 band = attention_query_band(p, sq, key0, min(key0 + MFA_BLOCK_KV, sq.kv_len) - 1);
+  const int block_begin = band.x / MFA_BLOCK_Q;
+  const int block_end = band.x <= band.y ? band.y / MFA_BLOCK_Q + 1 : block_begin;
+
+  // This lane's key (its row in the 8x8 tiles) and its two query columns.
+  const uint tile_col = mfa_tile_col(lane);
+  const int key = key0 + int(sg) * 8 + int(mfa_tile_row(lane));
+  const bool key_valid = key < sq.kv_len;
+  const long kv_row = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first + key;
+  simdgroup_float8x8 k_tiles[MFA_HEAD_DIM / 8], v_tiles[MFA_VALUE_DIM / 8];
+  simdgroup_float8x8 dk_tiles[MFA_HEAD_DIM / 8], dv_tiles[MFA_VALUE_DIM / 8];
+  mfa_load_row_tiles<MFA_HEAD_DIM>(k_tiles, k + kv_row * p.head_dim, key_valid, p.head_dim, lane);
+  mfa_load_row_tiles<MFA_VALUE_DIM>(v_tiles, v + kv_row * p.value_dim, key_valid, p.value_dim, lane);
+  for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dk_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) dv_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+
+  for (uint g = 0; g < G; g++) {
+    const uint head = kv_head * G + g;
+    const long head_base = (long(sq.tensor_batch) * p.q_heads + head) * p.q_len + sq.q_first;
+    for (int block = block_begin; block < block_end; block++) {
+      const int query0 = block * MFA_BLOCK_Q, queries = min(MFA_BLOCK_Q, sq.q_len - query0);
+      threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous query block is consumed
+      mfa_stage_rows<MFA_BLOCK_Q, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(q_tile, q + (head_base + query0) * p.head_dim,
+                                                                       queries, p.head_dim, tid);
+      mfa_stage_rows<MFA_BLOCK_Q, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(
+          do_tile, grad_out + (head_base + query0) * p.value_dim, queries, p.value_dim, tid);
+      if (tid < MFA_BLOCK_Q) {  // rows past the end attend nothing: lse -inf makes their probabilities 0
+        lse_tile[tid] = int(tid) < queries ? lse[head_base + query0 + tid] : -INFINITY;
+        delta_tile[tid] = int(tid) < queries ? delta[head_base + query0 + tid] : 0.0f;
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (uint c = 0; c < MFA_BLOCK_Q / 8; c++) {
+        simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
+          simdgroup_float8x8 q_t;
+          simdgroup_load(q_t, q_tile, MFA_HEAD_DIM, ulong2(c * 8, d * 8), true);
+          simdgroup_multiply_accumulate(s_tile, k_tiles[d], q_t, s_tile);
+        }
+        for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
+          simdgroup_float8x8 do_t;
+          simdgroup_load(do_t, do_tile, MFA_VALUE_DIM, ulong2(c * 8, d * 8), true);
+          simdgroup_multiply_accumulate(dp_tile, v_tiles[d], do_t, dp_tile);
+        }
+        thread float2& s = s_tile.thread_elements();
+        thread float2& dp = dp_tile.thread_elements();
+        for (uint t = 0; t < 2; t++) {
+          const uint local = c * 8 + tile_col + t;
+          const int query = query0 + int(local);
+          const AttentionRow row = attention_row(p, sq, seq, head, query, alibi);
+          const bool valid = key_valid && query < sq.q_len;
+          const float score = valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
+          const float prob = attention_probability(score, lse_tile[local]);
+          const float keep = attention_dropout_factor(p, row, key);
+          const float ds = prob * (dp[t] * keep - delta_tile[local]);
+          dp[t] = attention_dot_gradient(ds, s[t], p);
+          s[t] = prob * keep;
+        }
+        for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
+          simdgroup_float8x8 do_rows;
+          simdgroup_load(do_rows, do_tile, MFA_VALUE_DIM, ulong2(d * 8, c * 8));
+          simdgroup_multiply_accumulate(dv_tiles[d], s_tile, do_rows, dv_tiles[d]);
+        }
+        for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
+          simdgroup_float8x8 q_rows;
+          simdgroup_load(q_rows, q_tile, MFA_HEAD_DIM, ulong2(d * 8, c * 8));
+          simdgroup_multiply_accumulate(dk_tiles[d], dp_tile, q_rows, dk_tiles[d]);
+        }
+      }
+    }
+  }
+#if MFA_COUNT_TILES
+  if (tid == 0) {
+    tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = G * uint(max(0, block_end - block_begin));
+  }
+#endif
+  if (key_valid) {
+    mfa_store_row_tiles<MFA_HEAD_DIM>(dk + kv_row * p.head_dim, dk_tiles, 1.0f, p.head_dim, lane);
+    mfa_store_row_tiles<MFA_VALUE_DIM>(dv + kv_row * p.value_dim, dv_tiles, 1.0f, p.value_dim, lane);
+  }
+}

@@ -1,0 +1,113 @@
+// Attention backward, dQ: parallel over query blocks, no atomics (each dQ row is written by one threadgroup).
+// Recomputes P from Q, K and the saved log-sum-exp, then dS = P * (dP - D) with dP = dO V^T, and dQ = dS K.
+// With MFA_MASK_GRAD it also writes dS into dmask: the plan takes this path only for masks with every dimension
+// full, so each element of dmask belongs to exactly one (row, key).
+//
+// Grid and row packing as attention_forward: x = blocks of MFA_BLOCK_Q packed query rows (the query heads of one
+// GQA group share the K/V tiles), y = K/V head, z = batch (or sequence). Q, dO and the dQ accumulator stay in
+// registers; K and V tiles are staged together in threadgroup memory as float.
+#include <metal_stdlib>
+using namespace metal;
+#include "attention_params.h"
+#include "attention_scores.h"
+#include "attention_tiles.h"
+
+#if MFA_MASK_KIND == MFA_MASK_NONE
+#define MFA_MASK_T uchar
+#endif
+
+constant constexpr uint THREADS = MFA_BLOCK_Q / 8 * 32;
+
+kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
+                                  device const MFA_T* k [[buffer(MFA_ATTN_K)]],
+                                  device const MFA_T* v [[buffer(MFA_ATTN_V)]],
+                                  device const MFA_MASK_T* mask [[buffer(MFA_ATTN_MASK)]],
+                                  device const float* alibi [[buffer(MFA_ATTN_ALIBI)]],
+                                  device const int* cu_q [[buffer(MFA_ATTN_CU_Q)]],
+                                  device const int* cu_k [[buffer(MFA_ATTN_CU_K)]],
+                                  device const float* lse [[buffer(MFA_ATTN_LSE)]],
+                                  constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
+                                  device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
+                                  device const MFA_T* grad_out [[buffer(MFA_ATTN_GRAD_OUT)]],
+                                  device const float* delta [[buffer(MFA_ATTN_DELTA)]],
+                                  device MFA_T* dq [[buffer(MFA_ATTN_DQ)]],
+                                  device float* dmask [[buffer(MFA_ATTN_DMASK)]],
+                                  uint3 group [[threadgroup_position_in_grid]],
+                                  uint3 groups [[threadgroups_per_grid]],
+                                  ushort sg [[simdgroup_index_in_threadgroup]],
+                                  ushort lane [[thread_index_in_simdgroup]],
+                                  ushort tid [[thread_index_in_threadgroup]]) {
+  threadgroup float k_tile[MFA_BLOCK_K * MFA_HEAD_DIM];
+  threadgroup float v_tile[MFA_BLOCK_K * MFA_VALUE_DIM];
+  const uint seq = group.z, kv_head = group.y, G = p.group;
+  const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
+  const int packed_rows = sq.q_len * int(G);
+  const int row0 = int(group.x) * MFA_BLOCK_Q;
+  if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
+  const int2 band = attention_key_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G));
+  const int block_begin = band.x / MFA_BLOCK_K;
+  const int block_end = band.x <= band.y ? band.y / MFA_BLOCK_K + 1 : block_begin;
+
+  const uint tile_col = mfa_tile_col(lane);
+  const int packed = row0 + int(sg) * 8 + int(mfa_tile_row(lane));
+  const bool row_valid = packed < packed_rows;
+  const AttentionRow row = attention_row(p, sq, seq, kv_head * G + uint(packed) % G, row_valid ? packed / int(G) : 0,
+                                         alibi);
+  const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
+  const long kv_base = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first;
+  const float row_lse = row_valid ? lse[q_row] : -INFINITY;
+  const float row_delta = row_valid ? delta[q_row] : 0.0f;
+
+  simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], do_tiles[MFA_VALUE_DIM / 8], dq_tiles[MFA_HEAD_DIM / 8];
+  mfa_load_row_tiles<MFA_HEAD_DIM>(q_tiles, q + q_row * p.head_dim, row_valid, p.head_dim, lane);
+  mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane);
+  for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+
+  for (int block = block_begin; block < block_end; block++) {
+    const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
+    threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous tiles are consumed
+    mfa_stage_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k + (kv_base + key0) * p.head_dim, keys,
+                                                                     p.head_dim, tid);
+    mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(v_tile, v + (kv_base + key0) * p.value_dim,
+                                                                       keys, p.value_dim, tid);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
+      simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+      simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+      for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
+        simdgroup_float8x8 k_t;
+        simdgroup_load(k_t, k_tile, MFA_HEAD_DIM, ulong2(j * 8, d * 8), true);
+        simdgroup_multiply_accumulate(s_tile, q_tiles[d], k_t, s_tile);
+      }
+      for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
+        simdgroup_float8x8 v_t;
+        simdgroup_load(v_t, v_tile, MFA_VALUE_DIM, ulong2(j * 8, d * 8), true);
+        simdgroup_multiply_accumulate(dp_tile, do_tiles[d], v_t, dp_tile);
+      }
+      thread float2& s = s_tile.thread_elements();
+      thread float2& dp = dp_tile.thread_elements();
+      for (uint t = 0; t < 2; t++) {
+        const int key = key0 + int(j * 8 + tile_col + t);
+        const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
+        const float prob = attention_probability(score, row_lse);
+        const float ds = prob * (dp[t] * attention_dropout_factor(p, row, key) - row_delta);
+#if MFA_MASK_GRAD
+        if (row_valid && key < sq.kv_len) {
+          dmask[long(row.batch) * p.mask_strides[0] + long(row.head) * p.mask_strides[1] +
+                long(row.query) * p.mask_strides[2] + long(key) * p.mask_strides[3]] = ds;
+        }
+#endif
+        s[t] = attention_dot_gradient(ds, s[t], p);
+      }
+      for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
+        simdgroup_float8x8 k_rows;
+        simdgroup_load(k_rows, k_tile, MFA_HEAD_DIM, ulong2(d * 8, j * 8));
+        simdgroup_multiply_accumulate(dq_tiles[d], s_tile, k_rows, dq_tiles[d]);
+      }
+    }
+  }
+#if MFA_COUNT_TILES
+  if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
+#endif
+  if (row_valid) mfa_store_row_tiles<MFA_HEAD_DIM>(dq + q_row * p.head_dim, dq_tiles, 1.0f, p.head_dim, lane);
+}

@@ -1,0 +1,43 @@
+// Tile primitives shared by the attention kernels: where a lane's elements sit in an 8x8 simdgroup_matrix, staging
+// a block of rows through threadgroup memory as float, and loading one row per lane straight into register tiles.
+#pragma once
+#include <metal_stdlib>
+
+// This lane's row and first column in every 8x8 tile; it holds (row, col) and (row, col + 1) (facts/metal.md).
+inline uint mfa_tile_row(ushort lane) { return ((lane >> 4) & 1) * 4 + ((lane >> 1) & 3); }
+inline uint mfa_tile_col(ushort lane) { return ((lane >> 3) & 1) * 4 + (lane & 1) * 2; }
+
+// Copies rows [0, rows) x columns [0, cols) of a row-major device matrix (`cols` elements per row) into a ROWS x DIM
+// float tile (row stride STRIDE) in threadgroup memory; zero past either end, so edge tiles need no other care.
+template <uint ROWS, uint DIM, uint STRIDE, uint THREADS, typename T>
+inline void mfa_stage_rows(threadgroup float* tile, device const T* src, int rows, uint cols, uint tid) {
+  for (uint e = tid; e < ROWS * DIM; e += THREADS) {
+    const uint r = e / DIM, c = e % DIM;
+    tile[r * STRIDE + c] = (int(r) < rows && c < cols) ? float(src[long(r) * cols + c]) : 0.0f;
+  }
+}
+
+// Loads this lane's row (`row` points at its first element; `valid` false for rows past the end) into DIM / 8
+// register tiles as float, zero past `cols`.
+template <uint DIM, typename T>
+inline void mfa_load_row_tiles(thread metal::simdgroup_float8x8* tiles, device const T* row, bool valid, uint cols,
+                               ushort lane) {
+  for (uint d = 0; d < DIM / 8; d++) {
+    thread float2& e = tiles[d].thread_elements();
+    const uint c = d * 8 + mfa_tile_col(lane);
+    e.x = valid && c < cols ? float(row[c]) : 0.0f;
+    e.y = valid && c + 1 < cols ? float(row[c + 1]) : 0.0f;
+  }
+}
+
+// Stores this lane's row of DIM / 8 register tiles (times `factor`) to a row of `cols` elements.
+template <uint DIM, typename T>
+inline void mfa_store_row_tiles(device T* row, thread metal::simdgroup_float8x8* tiles, float factor, uint cols,
+                                ushort lane) {
+  for (uint d = 0; d < DIM / 8; d++) {
+    const float2 e = tiles[d].thread_elements() * factor;
+    const uint c = d * 8 + mfa_tile_col(lane);
+    if (c < cols) row[c] = T(e.x);
+    if (c + 1 < cols) row[c + 1] = T(e.y);
+  }
+}
