@@ -12,6 +12,9 @@ import math
 
 import torch
 
+# PyTorch's matmul, bound at import: mfa_torch.patch(matmul=True) may later replace torch.matmul with mfa_torch's.
+_matmul = torch.matmul
+
 _BLOCK_ELEMENTS = 1 << 22  # scores per block across all (batch, head) pairs: bounds the extra memory
 _MASK32 = 0xFFFFFFFF
 
@@ -114,7 +117,7 @@ class _Problem:
         plus tanh(raw / softcap) for the backward when softcap is on."""
         qb = self.q[:, :, :, i0:i1].to(self.acc)
         kb = self.k[:, :, :, j0:j1].to(self.acc)
-        s = torch.matmul(qb, kb.transpose(-1, -2)) * self.scale
+        s = _matmul(qb, kb.transpose(-1, -2)) * self.scale
         capped = None
         if self.softcap > 0:
             capped = torch.tanh(s / self.softcap)
@@ -179,7 +182,7 @@ def _forward_dense(pb):
             keep = pb.keep_scale(i0, i1, j0, j1, p)
             if keep is not None:
                 p = p * keep
-            acc.mul_(correction.unsqueeze(-1)).add_(torch.matmul(p, pb.v[:, :, :, j0:j1].to(pb.acc)))
+            acc.mul_(correction.unsqueeze(-1)).add_(_matmul(p, pb.v[:, :, :, j0:j1].to(pb.acc)))
             row_max = new_max
         attended = row_sum > 0
         acc.div_(torch.where(attended, row_sum, torch.ones_like(row_sum)).unsqueeze(-1))
@@ -289,5 +292,5 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqle
 
 
 def gemm(a, b, bias):
-    out = torch.matmul(a, b)
+    out = _matmul(a, b)
     return out + bias if bias is not None else out
