@@ -5,6 +5,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers the ops' kernels and autograd)
 from . import routing
+from .metal import gemm as metal_gemm
 from ._validation import check_float_tensors, require
 
 
@@ -31,7 +32,7 @@ def matmul(input, other):
     except RuntimeError:
         raise ValueError(f"matmul: batch dimensions of input {tuple(input.shape)} and other {tuple(other.shape)} "
                          "are not broadcastable") from None
-    routing.choose(input.device)
+    routing.choose(input.device, metal_lacks=metal_gemm.metal_lacks(input.dtype))
     out = torch.ops.mfa.gemm(_batched(a, batch), _batched(b, batch), None)
     out = out.reshape(*batch, a.shape[-2], b.shape[-1]) if batch else out.reshape(a.shape[-2], b.shape[-1])
     if input.dim() == 1:
@@ -56,7 +57,7 @@ def linear(input, weight, bias=None):
     if weight.dim() == 1 or bias is not None and bias.shape != out_features:
         out = matmul(input, weight.t() if weight.dim() == 2 else weight)
         return out if bias is None else out + bias
-    routing.choose(input.device)
+    routing.choose(input.device, metal_lacks=metal_gemm.metal_lacks(input.dtype))
     rows = input.reshape(1, math.prod(input.shape[:-1]), input.shape[-1])
     out = torch.ops.mfa.gemm(rows, weight.t().unsqueeze(0), bias)
     return out.reshape(*input.shape[:-1], weight.shape[0])
