@@ -32,7 +32,7 @@ def matmul(input, other):
     except RuntimeError:
         raise ValueError(f"matmul: batch dimensions of input {tuple(input.shape)} and other {tuple(other.shape)} "
                          "are not broadcastable") from None
-    routing.choose(input.device, metal_lacks=metal_gemm.metal_lacks(input.dtype))
+    route(input)
     out = torch.ops.mfa.gemm(_batched(a, batch), _batched(b, batch), None)
     out = out.reshape(*batch, a.shape[-2], b.shape[-1]) if batch else out.reshape(a.shape[-2], b.shape[-1])
     if input.dim() == 1:
@@ -40,6 +40,11 @@ def matmul(input, other):
     if other.dim() == 1:
         out = out.squeeze(-1)
     return out
+
+
+def route(input):
+    """The route of a GEMM whose first operand is `input` (raises if the selected backend cannot take it)."""
+    return routing.choose(input.device, metal_lacks=metal_gemm.metal_lacks(input.dtype))
 
 
 def linear(input, weight, bias=None):
@@ -57,7 +62,7 @@ def linear(input, weight, bias=None):
     if weight.dim() == 1 or bias is not None and bias.shape != out_features:
         out = matmul(input, weight.t() if weight.dim() == 2 else weight)
         return out if bias is None else out + bias
-    routing.choose(input.device, metal_lacks=metal_gemm.metal_lacks(input.dtype))
+    route(input)
     rows = input.reshape(1, math.prod(input.shape[:-1]), input.shape[-1])
     out = torch.ops.mfa.gemm(rows, weight.t().unsqueeze(0), bias)
     return out.reshape(*input.shape[:-1], weight.shape[0])

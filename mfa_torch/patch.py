@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from . import attention as _attention
 from . import gemm as _gemm
-from . import routing
 from ._validation import FLOAT_DTYPES
 
 _DEVICES = ("cpu", "mps")  # elsewhere (CUDA, ...) PyTorch's own kernels are the better choice
@@ -96,7 +95,7 @@ def _matmul_tensors(input, other, *, out=None):
 
 
 def _gemm_route(input, *args, **kwargs):
-    return str(routing.choose(input.device))
+    return str(_gemm.route(input))
 
 
 _TARGETS = {  # name -> (module, attribute, mfa_torch function, argument reader, route description)

@@ -37,13 +37,21 @@ def test_linux_builds_have_no_mps_executor():
 
 
 SHADERS = sorted(p.name for p in shader_dir().glob("*.metal"))
-# A variant of each shader as a plan would choose it (every kernel in shaders/ is compiled here).
-VARIANTS = {
-    "attention_forward.metal": {"MFA_T": "half", "MFA_HEAD_DIM": "64", "MFA_VALUE_DIM": "64", "MFA_BLOCK_Q": "32",
-                                "MFA_BLOCK_K": "32", "MFA_MASK_KIND": "1", "MFA_MASK_T": "uchar", "MFA_SPLIT_KV": "1",
-                                "MFA_COUNT_TILES": "1"},
-    "attention_combine.metal": {"MFA_T": "bfloat"},
-}
+
+
+def _planned_launches():
+    """Launches of plans that use every kernel: attention forward with a mask, split-KV and the tile counter; the
+    backward with a mask gradient; GEMM with split-K."""
+    attention = _C.AttentionProblem()
+    for name, value in dict(dtype="float16", batch=1, q_heads=8, kv_heads=2, q_len=2, kv_len=4096, head_dim=64,
+                            value_dim=48, mask="float32", mask_strides=[0, 0, 4096, 1], count_tiles=True).items():
+        setattr(attention, name, value)
+    gemm = _C.GemmProblem()
+    for name, value in dict(dtype="bfloat16", batch=1, m=8, n=8, k=4096, a_strides=[0, 4096, 1],
+                            b_strides=[0, 8, 1], has_bias=True).items():
+        setattr(gemm, name, value)
+    plans = [_C.plan_attention_forward(attention), _C.plan_attention_backward(attention, True), _C.plan_gemm(gemm)]
+    return {launch.shader: launch for plan in plans for launch in plan.launches}
 
 
 @pytest.mark.emulator
@@ -51,12 +59,13 @@ VARIANTS = {
 def test_expanded_sources_are_self_contained(shader):
     """What the MPS executor compiles: the project's headers inlined once, so PyTorch's runtime compiler (which has
     no include path) sees every definition. The emulator compiles the same text with no include directories."""
-    assert shader in VARIANTS, f"{shader} has no variant in this test: add one"
+    launches = _planned_launches()
+    assert shader in launches, f"no plan in this test launches {shader}: add one"
     text = _C.expanded_shader_source(shader)
     assert '#include "' not in text and "#pragma once" not in text
     assert text.count("struct AttentionParams {") <= 1
-    library = emulator.compile(text, defines=VARIANTS[shader], filename=shader)
-    assert pathlib.Path(shader).stem in library.kernel_names
+    library = emulator.compile(text, defines=dict(launches[shader].defines), filename=shader)
+    assert launches[shader].kernel in library.kernel_names
 
 
 def test_shader_directory_is_found_and_missing_files_are_clear_errors():
@@ -64,3 +73,10 @@ def test_shader_directory_is_found_and_missing_files_are_clear_errors():
     with pytest.raises(RuntimeError, match="cannot read shader file"):
         _C.expanded_shader_source("no_such_shader.metal")
     assert mfa_torch.__version__
+
+
+@pytest.mark.parametrize("op", ["attention_forward", "attention_backward", "gemm"])
+def test_every_op_has_a_kernel_for_the_mps_dispatch_key(op):
+    """On MPS tensors the ops run their kernel, which takes the Metal route (csrc/mps) when the build has it."""
+    import torch
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mfa::{op}", "MPS")

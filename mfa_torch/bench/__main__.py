@@ -1,0 +1,105 @@
+"""Command line: python -m mfa_torch.bench [--quick] [--out DIR] [--what attention,gemm] [--dtypes ...] ..."""
+import argparse
+import os
+import sys
+
+import torch
+
+import mfa_torch
+from .. import _C
+from . import cases, environment, implementations, measure, report, run, work
+
+TIMED = [
+    "Latency: the median over samples, after one warm-up call; a sample runs one or more calls back to back and then "
+    "waits for the device (torch.mps.synchronize(); mx.eval for MLX); short calls are batched into samples of about "
+    "10 ms and the time divided by the calls.",
+    "Attention: batch B, Hq query heads, Hk key/value heads (GQA when Hk < Hq), L = S, head dim D (= value dim); "
+    "causal is upper-left (is_causal). fwd+bwd: one forward and the gradients of q, k and v.",
+    "TFLOP/s: forward 4*L*S*D*B*Hq FLOPs, backward 2.5x the forward, halved for causal. GINSTRS/s, "
+    "metal-flash-attention's unit: forward (2D+5)*L*S, backward (3D+5)*L*S + (4D+5)*L*S instructions per head and "
+    "batch element, divided by 1e9, halved for causal. GEMM: 2*M*N*K FLOPs.",
+    "MiB: memory beyond the inputs during one call: on MPS torch.mps.driver_allocated_memory() after the call minus "
+    "before it (after empty_cache; the caching allocator keeps the call's peak, rounded to its heaps); for MLX its "
+    "peak memory minus the memory active before; n/a on a CPU.",
+]
+ON_CPU = ("**CPU reference-route times, not GPU numbers.** No Apple GPU here: mfa_torch runs its reference route "
+          "(PyTorch operations) on the CPU and `torch` is PyTorch's CPU path. Run this on a Mac for GPU numbers.")
+NO_EXECUTOR = ("**This build of mfa_torch has no MPS executor**: its column is the reference route (PyTorch "
+               "operations on the GPU), not the Metal kernels. Reinstall mfa_torch on this Mac to build the executor.")
+ON_EMULATOR = [
+    "**The emulator measures work, not speed**: it runs the shipped Metal kernels on CPU cores, one fiber per GPU "
+    "thread, so times would say nothing about a GPU.",
+    "tiles_computed: key/value tiles the kernels computed (their MFA_COUNT_TILES counters, summed over "
+    "threadgroups); tiles_minimum: the (query block, key block) tiles that intersect the region the causal mask "
+    "allows, computed from the block sizes the plans chose; tiles_dense: every tile. GEMM is dense by construction "
+    "and not counted.",
+]
+
+
+def _csv_list(convert):
+    def parse(text):
+        try:
+            return tuple(dict.fromkeys(convert(item.strip()) for item in text.split(",") if item.strip()))
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError(f"cannot read {text!r}") from None
+    return parse
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m mfa_torch.bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a subset that runs in about a minute")
+    p.add_argument("--out", default="mfa_bench_results", help="output directory (default ./mfa_bench_results)")
+    p.add_argument("--what", default=("attention", "gemm"), type=_csv_list(str),
+                   help="attention, gemm or both (default)")
+    p.add_argument("--dtypes", type=_csv_list(cases.DTYPES.__getitem__),
+                   help="comma list of float32, float16, bfloat16 (or fp32, fp16, bf16)")
+    p.add_argument("--sizes", type=_csv_list(int), help="sequence lengths L = S and GEMM sizes, e.g. 1024,4096")
+    p.add_argument("--head-dims", type=_csv_list(int), help="attention head dims, e.g. 64,80,128")
+    p.add_argument("--emulator", action="store_true",
+                   help="count the Metal kernels' work under the emulator instead of timing (also when the "
+                        "mfa_torch backend is \"emulator\")")
+    args = p.parse_args(argv)
+    unknown = set(args.what) - {"attention", "gemm"}
+    if unknown:
+        p.error(f"--what: unknown {', '.join(sorted(unknown))}")
+    return args
+
+
+def emulator_report(args):
+    rows = work.work_rows(cases.emulator_cases(args.quick, args.dtypes, args.sizes, args.head_dims))
+    header = environment.describe(torch.device("cpu"), "emulator work counts (not times)", emulator=True)
+    return report.write_all(args.out, header, ON_EMULATOR, work_rows=rows)
+
+
+def _device_warnings(dev):
+    if dev.type != "mps":
+        return [ON_CPU]
+    return [] if _C.has_mps_executor() else [NO_EXECUTOR]
+
+
+def timed_report(args):
+    dev = environment.device()
+    sweep = cases.timed_sweep(dev, args.what, args.quick, args.dtypes, args.sizes, args.head_dims)
+    mode = "timed on the Apple GPU (mps)" if dev.type == "mps" else "timed on the CPU: reference-route times"
+    header = environment.describe(dev, mode)
+    if sweep.attention:
+        header.append(("mfa_torch route (mfa_torch.explain, first case)",
+                       implementations.attention_route(sweep.attention[0], dev)[1]))
+    settings = measure.QUICK if args.quick else measure.TimingSettings()
+    budget = environment.memory_budget(dev)
+    attention = run.attention_rows(sweep.attention, dev, settings, budget)
+    gemm = run.gemm_rows(sweep.gemm, dev, settings, budget)
+    explanations = _device_warnings(dev) + TIMED
+    return report.write_all(args.out, header, explanations, attention_rows=attention, gemm_rows=gemm)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    emulator = args.emulator or mfa_torch.get_backend() == "emulator"
+    text = emulator_report(args) if emulator else timed_report(args)
+    print(text)
+    print(f"results written to {os.path.abspath(args.out)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
