@@ -7,8 +7,10 @@ import contextlib
 import os
 
 import pytest
+import torch
 
 import mfa_torch
+from oracle import make_inputs
 
 KERNEL_ROUTES = [pytest.param("emulator", marks=pytest.mark.emulator, id="emulator"),
                  pytest.param("metal", marks=pytest.mark.mps, id="metal")]
@@ -29,3 +31,14 @@ def with_dtypes(values, dtypes):
     if FULL_MATRIX:
         return [(v, d) for v in values for d in dtypes]
     return [(v, dtypes[i % len(dtypes)]) for i, v in enumerate(values)]
+
+
+def varlen_case(dtype):
+    """Packed sequences (with an empty one, a single token and keys longer than queries) for the varlen tests:
+    (max_seqlen_q, max_seqlen_k, cu_seqlens_q, cu_seqlens_k, inputs q (total_q, 4, 32), k/v (total_k, 2, 32))."""
+    lengths_q, lengths_k = [5, 0, 17, 1, 9], [8, 3, 17, 40, 2]
+    cu_q = torch.tensor([0] + lengths_q, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_k = torch.tensor([0] + lengths_k, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    inputs = make_inputs({"q": (int(cu_q[-1]), 4, 32), "k": (int(cu_k[-1]), 2, 32), "v": (int(cu_k[-1]), 2, 32)},
+                         dtype, seed=11)
+    return max(lengths_q), max(lengths_k), cu_q, cu_k, inputs

@@ -9,8 +9,8 @@ import mfa_torch
 from mfa_torch import _C
 from mfa_torch.metal import attention as metal_attention
 from mfa_torch.reference import dropout_keep_mask
-from kernel_routes import KERNEL_ROUTES, kernel_route, with_dtypes
-from oracle import (DTYPES, allowed_mask, assert_rule, attention_fp64, check_against_oracle, make_inputs,
+from kernel_routes import KERNEL_ROUTES, kernel_route, varlen_case, with_dtypes
+from oracle import (DTYPES, allowed_mask, attention_fp64, check_against_oracle, make_inputs,
                     varlen_attention_fp64)
 from sdpa_check import sdpa_check
 
@@ -107,16 +107,12 @@ def test_flash_attn_bottom_right(route, lengths, dtype):
 
 @pytest.mark.parametrize("options, dtype", with_dtypes([{"causal": True}, {"window_size": (4, 1)}, {}], DTYPES))
 def test_varlen(route, options, dtype):
-    lengths_q, lengths_k = [5, 0, 17, 1, 9], [8, 3, 17, 40, 2]
-    cu_q = torch.tensor([0] + lengths_q, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    cu_k = torch.tensor([0] + lengths_k, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    inputs = make_inputs({"q": (int(cu_q[-1]), 4, 32), "k": (int(cu_k[-1]), 2, 32), "v": (int(cu_k[-1]), 2, 32)},
-                         dtype, seed=11)
+    max_q, max_k, cu_q, cu_k, inputs = varlen_case(dtype)
 
     def ours(t):
         with kernel_route(route) as device:
             return mfa_torch.flash_attn_varlen_func(*(t[n].to(device) for n in "qkv"), cu_q.to(device),
-                                                    cu_k.to(device), max(lengths_q), max(lengths_k), **options).cpu()
+                                                    cu_k.to(device), max_q, max_k, **options).cpu()
 
     def oracle(t):
         return varlen_attention_fp64(t["q"], t["k"], t["v"], cu_q, cu_k, causal=options.get("causal", False),

@@ -7,9 +7,9 @@ import torch
 import mfa_torch
 from mfa_torch import _C
 from mfa_torch.metal import attention as metal_attention
-from kernel_routes import KERNEL_ROUTES, kernel_route, with_dtypes
+from kernel_routes import KERNEL_ROUTES, kernel_route, varlen_case, with_dtypes
 from mfa_torch.reference import dropout_keep_mask
-from oracle import (DT_IDS, DTYPES, allowed_mask, assert_rule, attention_fp64, check_against_oracle, make_inputs,
+from oracle import (DT_IDS, DTYPES, allowed_mask, assert_rule, attention_fp64, make_inputs,
                     torch_attention_same_dtype, varlen_attention_fp64)
 from sdpa_check import sdpa_check
 
@@ -133,11 +133,7 @@ def test_flash_attn_bottom_right_causal_window_alibi_softcap(route, lengths, dty
 @pytest.mark.parametrize("options, dtype", with_dtypes([{}, {"causal": True}, {"window_size": (4, 1)},
                                                        {"causal": True, "softcap": 5.0}], DTYPES))
 def test_varlen(route, options, dtype):
-    lengths_q, lengths_k = [5, 0, 17, 1, 9], [8, 3, 17, 40, 2]
-    cu_q = torch.tensor([0] + lengths_q, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    cu_k = torch.tensor([0] + lengths_k, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    inputs = make_inputs({"q": (int(cu_q[-1]), 4, 32), "k": (int(cu_k[-1]), 2, 32), "v": (int(cu_k[-1]), 2, 32)},
-                         dtype, seed=11)
+    max_q, max_k, cu_q, cu_k, inputs = varlen_case(dtype)
     slopes = torch.rand(5, 4)
     ref, ref_lse = varlen_attention_fp64(inputs["q"], inputs["k"], inputs["v"], cu_q, cu_k,
                                          causal=options.get("causal", False),
@@ -146,7 +142,7 @@ def test_varlen(route, options, dtype):
     with kernel_route(route) as device:
         on = {n: inputs[n].detach().to(device) for n in "qkv"}
         out, lse, _ = mfa_torch.flash_attn_varlen_func(on["q"], on["k"], on["v"], cu_q.to(device), cu_k.to(device),
-                                                       max(lengths_q), max(lengths_k), alibi_slopes=slopes.to(device),
+                                                       max_q, max_k, alibi_slopes=slopes.to(device),
                                                        return_attn_probs=True, **options)
     # PyTorch has no varlen attention in every dtype to measure against: the dtype's epsilon bounds the error
     assert_rule("out", out.cpu(), None, ref, dtype)

@@ -35,15 +35,11 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
 
   // dQ: packed GQA rows as in the forward; a short query block shrinks the threadgroup.
   const int64_t block_q = std::min<int64_t>(blocks.dq_block_q, round_up(rows * group, 8));
-  Launch dq;
-  dq.shader = "attention_backward_dq.metal";
-  dq.kernel = "attention_backward_dq";
-  dq.defines = attention_kernel_defines(prob);
-  dq.defines.insert(dq.defines.end(), {{"MFA_BLOCK_Q", std::to_string(block_q)},
-                                       {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
-                                       {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}});
-  dq.threadgroups = {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)};
-  dq.threads_per_threadgroup = {uint64_t(block_q / 8 * 32), 1, 1};
+  Launch dq = attention_kernel_launch(
+      prob, "attention_backward_dq",
+      {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
+       {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}},
+      {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_q);
   dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * sizeof(float);
   dq.arguments = attention_kernel_arguments(prob, params, "lse", "tile_count_dq");
   dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
@@ -53,14 +49,10 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
 
   // dK/dV: a short key range shrinks the threadgroup too (8 keys per SIMD-group).
   const int64_t block_kv = std::min<int64_t>(blocks.dkdv_block_kv, std::max<int64_t>(16, round_up(keys, 8)));
-  Launch dkdv;
-  dkdv.shader = "attention_backward_dkdv.metal";
-  dkdv.kernel = "attention_backward_dkdv";
-  dkdv.defines = attention_kernel_defines(prob);
-  dkdv.defines.insert(dkdv.defines.end(), {{"MFA_BLOCK_KV", std::to_string(block_kv)},
-                                           {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)}});
-  dkdv.threadgroups = {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)};
-  dkdv.threads_per_threadgroup = {uint64_t(block_kv / 8 * 32), 1, 1};
+  Launch dkdv = attention_kernel_launch(
+      prob, "attention_backward_dkdv",
+      {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)}},
+      {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_kv);
   dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims + 2) * sizeof(float);
   dkdv.arguments = attention_kernel_arguments(prob, params, "lse", "tile_count_dkdv");
   dkdv.arguments.insert(dkdv.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),

@@ -39,15 +39,11 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
     plan.temporaries.push_back({"partial_out", "float32", partial_rows * prob.value_dim});
     plan.temporaries.push_back({"partial_lse", "float32", partial_rows});
   }
-  Launch forward;
-  forward.shader = "attention_forward.metal";
-  forward.kernel = "attention_forward";
-  forward.defines = attention_kernel_defines(prob);
-  forward.defines.insert(forward.defines.end(), {{"MFA_BLOCK_Q", std::to_string(block_q)},
-                                                 {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
-                                                 {"MFA_SPLIT_KV", split ? "1" : "0"}});
-  forward.threadgroups = {uint64_t(query_blocks), uint64_t(prob.kv_heads), uint64_t(sequences * splits)};
-  forward.threads_per_threadgroup = {uint64_t(block_q / 8 * 32), 1, 1};
+  Launch forward = attention_kernel_launch(
+      prob, "attention_forward",
+      {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
+       {"MFA_SPLIT_KV", split ? "1" : "0"}},
+      {uint64_t(query_blocks), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
   forward.threadgroup_memory = uint64_t(blocks.block_k * tile_dim * sizeof(float));
   if (prob.count_tiles) {
     plan.temporaries.push_back({"tile_count", "int32", int64_t(query_blocks * prob.kv_heads * sequences * splits)});

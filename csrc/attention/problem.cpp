@@ -108,6 +108,19 @@ std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const 
   return defines;
 }
 
+Launch attention_kernel_launch(const AttentionProblem& p, const std::string& name,
+                               const std::vector<std::pair<std::string, std::string>>& defines,
+                               const std::array<uint64_t, 3>& threadgroups, int64_t rows) {
+  Launch launch;
+  launch.shader = name + ".metal";
+  launch.kernel = name;
+  launch.defines = attention_kernel_defines(p);
+  launch.defines.insert(launch.defines.end(), defines.begin(), defines.end());
+  launch.threadgroups = threadgroups;
+  launch.threads_per_threadgroup = {uint64_t(rows / 8 * 32), 1, 1};
+  return launch;
+}
+
 std::vector<Argument> attention_kernel_arguments(const AttentionProblem& p, const AttentionParams& params,
                                                  const std::string& lse, const std::string& tile_count) {
   const bool varlen = p.num_sequences > 0;

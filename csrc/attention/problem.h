@@ -61,6 +61,12 @@ std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const 
 std::vector<Argument> attention_kernel_arguments(const AttentionProblem& problem, const AttentionParams& params,
                                                  const std::string& lse, const std::string& tile_count);
 
+// A launch of the fused kernel `name` (shaders/<name>.metal): the shared defines plus `defines`, the grid, and
+// threadgroups of `rows` rows (8 per SIMD-group).
+Launch attention_kernel_launch(const AttentionProblem& problem, const std::string& name,
+                               const std::vector<std::pair<std::string, std::string>>& defines,
+                               const std::array<uint64_t, 3>& threadgroups, int64_t rows);
+
 int64_t round_up(int64_t x, int64_t multiple);
 int64_t ceil_div(int64_t x, int64_t divisor);
 
