@@ -32,6 +32,27 @@ def check_finite_number(name, value, minimum=None):
     return float(value)
 
 
+# Scales and softcaps reach the kernels as float32: values beyond its range would silently become inf (NaN
+# results) or 0 (a softcap that is on in Python but off in the kernel).
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
+
+
+def check_scale(name, value):
+    """A finite scale within float32's range."""
+    value = check_finite_number(name, value)
+    require(abs(value) <= FLOAT32_MAX, f"{name} must be within float32's range (|{name}| <= 3.4e38), got {value}")
+    return value
+
+
+def check_softcap(name, value):
+    """0 (off) or a positive float32 normal number."""
+    value = check_finite_number(name, value, minimum=0)
+    require(value == 0 or FLOAT32_TINY <= value <= FLOAT32_MAX,
+            f"{name} must be 0 (off) or within float32's normal range [1.2e-38, 3.4e38], got {value}")
+    return value
+
+
 def check_dropout(dropout_p):
     check_finite_number("dropout_p", dropout_p)
     require(0 <= dropout_p < 1, f"dropout_p must be in [0, 1), got {dropout_p}")

@@ -14,7 +14,7 @@ import torch
 from . import ops  # noqa: F401  (registers the ops' kernels and autograd)
 from . import routing
 from .metal import attention as metal_attention
-from ._validation import check_dropout, check_finite_number, check_float_tensors, check_window, require
+from ._validation import check_dropout, check_float_tensors, check_scale, check_softcap, check_window, require
 
 # torch's own SDPA, bound at import so that mfa_torch.patch() can reroute torch.nn.functional safely.
 _torch_sdpa = torch._C._nn.scaled_dot_product_attention
@@ -96,12 +96,12 @@ class _SdpaRequest:
                 "attn_mask and is_causal=True cannot be combined: fold the causal structure into attn_mask")
         self.is_causal, self.enable_gqa = is_causal, enable_gqa
         self.scale = (1.0 / math.sqrt(self.E) if self.E > 0 else 1.0) if scale is None else \
-            check_finite_number("scale", scale)
+            check_scale("scale", scale)
         self.user_scale = scale
         self.mask = None if attn_mask is None else self._check_mask(attn_mask)
         left, right = (-1, -1) if window_size is None else check_window(window_size)
         self.window = (left, 0 if is_causal else right)
-        self.softcap = check_finite_number("softcap", softcap, minimum=0)
+        self.softcap = check_softcap("softcap", softcap)
         self.alibi = None
         if alibi_slopes is not None:
             self.alibi = _check_alibi(alibi_slopes, query, {(self.Hq,), self.batch + (self.Hq,)},
@@ -194,9 +194,9 @@ def _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, head_
     require(isinstance(causal, bool), "causal must be a bool", TypeError)
     left, right = check_window(window_size)
     scale = (1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0) if softmax_scale is None else \
-        check_finite_number("softmax_scale", softmax_scale)
+        check_scale("softmax_scale", softmax_scale)
     return (check_dropout(dropout_p), scale, (left, 0 if causal else right),
-            check_finite_number("softcap", softcap, minimum=0))
+            check_softcap("softcap", softcap))
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,

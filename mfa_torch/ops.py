@@ -10,6 +10,8 @@ from . import _C  # noqa: F401  (loads the op schemas)
 from . import reference, routing
 from .metal import attention as metal_attention
 from .metal import gemm as metal_gemm
+from ._validation import FLOAT32_MAX as _FLOAT32_MAX
+from ._validation import FLOAT32_TINY as _FLOAT32_TINY
 from ._validation import FLOAT_DTYPES as _FLOATS
 from ._validation import require as _check
 
@@ -41,7 +43,7 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
         _check(alibi.device == q.device, f"alibi_slopes is on {alibi.device} but q is on {q.device}")
     _check((cu_q is None) == (cu_k is None), "cu_seqlens_q and cu_seqlens_k must be given together")
     if cu_q is not None:
-        _check(B == 1, f"varlen inputs must have batch size 1 (packed sequences), got {B}")
+        _check(B == 1, f"q must have batch size 1 with cu_seqlens (packed sequences), got {B}")
         for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
             _check(cu.dim() == 1 and cu.dtype == torch.int32 and cu.shape[0] >= 2,
                    f"{name} must be a 1-D int32 tensor of length batch + 1 >= 2")
@@ -49,8 +51,9 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
         _check(max_q >= 0 and max_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0")
     for name, w in (("window_left", left), ("window_right", right)):
         _check(w >= -1, f"{name} must be >= -1 (-1 = unbounded), got {w}")
-    _check(scale == scale and abs(scale) != float("inf"), f"scale must be finite, got {scale}")
-    _check(softcap >= 0 and softcap != float("inf"), f"softcap must be finite and >= 0, got {softcap}")
+    _check(scale == scale and abs(scale) <= _FLOAT32_MAX, f"scale must be finite within float32's range, got {scale}")
+    _check(softcap == 0 or _FLOAT32_TINY <= softcap <= _FLOAT32_MAX,
+           f"softcap must be 0 (off) or within float32's normal range [1.2e-38, 3.4e38], got {softcap}")
     _check(0 <= dropout_p < 1, f"dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_p > 0:
         _check(seed is not None and seed.dtype == torch.int64 and seed.shape == (2,) and seed.device.type == "cpu",
@@ -81,10 +84,26 @@ def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlen
     return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, dtype=reference.lse_dtype(q.dtype))
 
 
+def _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad):
+    """The forward's outputs and the output gradient must be what attention_forward returned for q, k, v: the
+    kernels read them as dense (B, Hq, L, Ev) and (B, Hq, L) rows of q's dtype and of the lse dtype."""
+    B, Hq, L, _ = q.shape
+    for name, t, shape, dtype in (("out", out, (B, Hq, L, v.shape[3]), q.dtype),
+                                  ("grad_out", grad_out, (B, Hq, L, v.shape[3]), q.dtype),
+                                  ("lse", lse, (B, Hq, L), reference.lse_dtype(q.dtype))):
+        _check(tuple(t.shape) == shape, f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        _check(t.dtype == dtype, f"{name} must have dtype {dtype}, got {t.dtype}")
+        _check(t.device == q.device, f"{name} is on {t.device} but q is on {q.device}")
+    _check(not mask_grad or (mask is not None and mask.dtype != torch.bool), "mask_grad needs a floating mask")
+
+
 @torch.library.register_fake("mfa::attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                              max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
                              dropout_p, dropout_seed, mask_grad):
+    _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          scale, window_left, window_right, softcap, dropout_p, dropout_seed)
+    _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad)
     dmask = torch.empty_like(mask) if mask_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
 
@@ -105,15 +124,17 @@ def _check_gemm_args(a, b, bias):
 @torch.library.register_fake("mfa::gemm")
 def _gemm_fake(a, b, bias):
     _check_gemm_args(a, b, bias)
-    return a.new_empty(max(a.shape[0], b.shape[0]), a.shape[1], b.shape[2])
+    return a.new_empty(a.shape[0] if b.shape[0] == 1 else b.shape[0], a.shape[1], b.shape[2])
 
 
 # --- kernels: every device type; the Metal route (MPS stream or emulator) where routing picks it, else reference
 
-@torch.library.register_kernel("mfa::attention_forward", None)
-def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                                 dropout_seed):
+# One kernel per op for every device type (registered below, also for the MPS dispatch key by name): it asks
+# routing.kernel_route for the Metal route (the MPS executor on MPS tensors, the emulator on CPU tensors with backend
+# "emulator") and otherwise runs the reference route.
+def _attention_forward_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                              max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
+                              dropout_seed):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
@@ -127,14 +148,13 @@ def _attention_forward_reference(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_s
                                        dropout_p, dropout_seed)
 
 
-@torch.library.register_kernel("mfa::attention_backward", None)
-def _attention_backward_reference(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                                  max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right,
-                                  softcap, dropout_p, dropout_seed, mask_grad):
+def _attention_backward_kernel(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                               max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right,
+                               softcap, dropout_p, dropout_seed, mask_grad):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
-    _check(grad_out.shape == out.shape, f"grad_out shape {tuple(grad_out.shape)} != out shape {tuple(out.shape)}")
-    _check(not mask_grad or (mask is not None and mask.dtype != torch.bool), "mask_grad needs a floating mask")
+    _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad)
+    _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
     route = routing.kernel_route(q.device, metal_attention.backward_lacks(q, v, mask, mask_grad))
     if route is not None:
         return metal_attention.backward(route, grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q,
@@ -145,13 +165,18 @@ def _attention_backward_reference(grad_out, q, k, v, out, lse, mask, alibi_slope
                                         window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
 
 
-@torch.library.register_kernel("mfa::gemm", None)
 def _gemm_kernel(a, b, bias):
     _check_gemm_args(a, b, bias)
     route = routing.kernel_route(a.device, metal_gemm.metal_lacks(a.dtype))
     if route is not None:
         return metal_gemm.gemm(route, a, b, bias)
     return reference.gemm(a, b, bias)
+
+
+for _op, _kernel in (("mfa::attention_forward", _attention_forward_kernel),
+                    ("mfa::attention_backward", _attention_backward_kernel), ("mfa::gemm", _gemm_kernel)):
+    for _device_type in (None, "mps"):  # None: CompositeExplicitAutograd, every device type
+        torch.library.register_kernel(_op, _device_type, _kernel)
 
 
 # --- autograd -----------------------------------------------------------------------------------------------

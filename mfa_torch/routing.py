@@ -110,7 +110,8 @@ def choose(device, torch_lacks=None, metal_lacks=()):
     if kernel == "emulator":
         return Route("emulator", "mfa_torch's Metal kernels run by the MSL emulator on the CPU (backend "
                                  '"emulator")')
-    lacking = f"; the Metal kernels lack: {', '.join(metal_lacks)}" if metal_lacks and device.type == "mps" else ""
+    metal_wanted = device.type == "mps" or get_backend() == "emulator"
+    lacking = f"; the Metal kernels lack: {', '.join(metal_lacks)}" if metal_lacks and metal_wanted else ""
     if torch_lacks is None:
         return Route("reference", "mfa_torch's op with PyTorch's matmul as its kernel" + lacking)
     if not torch_lacks:

@@ -28,8 +28,13 @@ kernel void attention_combine(device const float* partial_out [[buffer(MFA_ATTN_
 
   float max_lse = -INFINITY;
   for (uint s = 0; s < p.num_splits; s++) max_lse = max(max_lse, partial_lse[first + s]);
-  if (max_lse == -INFINITY) {  // no split attended any key
-    for (uint d = lane; d < p.value_dim; d += 32) out[row * p.value_dim + d] = MFA_T(0.0f);
+  if (max_lse == -INFINITY) {  // no split attended any key: 0, unless a split's scores held a NaN (its lse is -inf
+    // too, and its partial output NaN): 0 x partial keeps that NaN, as the unsplit kernel's output keeps it
+    for (uint d = lane; d < p.value_dim; d += 32) {
+      float acc = 0.0f;
+      for (uint s = 0; s < p.num_splits; s++) acc += 0.0f * partial_out[(first + s) * p.value_dim + d];
+      out[row * p.value_dim + d] = MFA_T(acc);
+    }
     if (lane == 0) lse[row] = -INFINITY;
     return;
   }

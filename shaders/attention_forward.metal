@@ -73,7 +73,10 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   mfa_load_row_tiles<MFA_HEAD_DIM>(q_tiles, q + q_row * p.head_dim, row_valid, p.head_dim, lane);
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
-  // Online softmax in base 2; every lane tracks its own row (the 4 lanes of a row hold equal copies).
+  // Online softmax; every lane tracks its own row (the 4 lanes of a row hold equal copies). Scores and the running max
+  // stay in natural units and only the difference from the max goes to base 2 (exp2((s - max) * log2 e)): converting
+  // the scores themselves would round each one by |s| * 2^-24, independently, and the backward (which recomputes
+  // exp(s - lse) from the same scores) would then disagree with this forward by that much per element.
   float row_max = -INFINITY, row_sum = 0.0f;
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
@@ -94,8 +97,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       thread float2& s = s_tiles[j].thread_elements();
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
-        const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
-        s[t] = score * M_LOG2E_F;
+        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
         block_max = max(block_max, s[t]);
       }
     }
@@ -104,11 +106,11 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     const float new_max = max(row_max, block_max);
     // A row that has seen no allowed key keeps max -inf: shift by 0 so exp2 gives 0, never inf - inf.
     const float shift = new_max == -INFINITY ? 0.0f : new_max;
-    const float correction = exp2(row_max - shift);
+    const float correction = exp2((row_max - shift) * M_LOG2E_F);
     float block_sum = 0.0f;
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       thread float2& s = s_tiles[j].thread_elements();
-      s = exp2(s - shift);
+      s = exp2((s - shift) * M_LOG2E_F);
       block_sum += s.x + s.y;
       // the softmax sum counts every probability; dropout only decides which ones reach the output
       for (uint t = 0; t < 2; t++) s[t] *= attention_dropout_factor(p, row, key0 + int(j * 8 + tile_col + t));
@@ -138,7 +140,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   if (!row_valid) return;
   // Rows that attend nothing: output 0 and log-sum-exp -inf.
   const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
-  const float row_lse = row_sum > 0.0f ? (row_max + log2(row_sum)) * M_LN2_F : -INFINITY;
+  const float row_lse = row_sum > 0.0f ? row_max + log(row_sum) : -INFINITY;
 #if MFA_SPLIT_KV
   const long out_row = q_row * p.num_splits + split;  // partials: (B, Hq, Lq, splits, Ev)
 #else

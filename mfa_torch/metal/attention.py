@@ -66,8 +66,12 @@ def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_
                                 dropout_seed, family, count_tiles)
     plan = _C.plan_attention_forward(problem)
     B, Hq, L, _ = q.shape
-    tensors["out"] = out = q.new_empty(B, Hq, L, v.shape[3])
-    tensors["lse"] = lse = torch.empty(B, Hq, L, dtype=torch.float32, device=q.device)
+    if cu_seqlens_q is None:
+        tensors["out"] = out = q.new_empty(B, Hq, L, v.shape[3])
+        tensors["lse"] = lse = torch.empty(B, Hq, L, dtype=torch.float32, device=q.device)
+    else:  # the kernels write the rows of the sequences only: tokens past cu_seqlens_q[-1] get 0 and lse -inf
+        tensors["out"] = out = q.new_zeros(B, Hq, L, v.shape[3])
+        tensors["lse"] = lse = torch.full((B, Hq, L), float("-inf"), dtype=torch.float32, device=q.device)
     temporaries = executors.run(route, plan, tensors, checks)
     if count_tiles:  # a plan without launches (nothing to compute) computed no tiles
         return out, lse, _tile_count(temporaries, "tile_count")
@@ -113,7 +117,10 @@ def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left,
                        seed, family or executors.gpu_family(route))
     problem.count_tiles = count_tiles
     tensors = {"q": q, "k": k, "v": v}
-    optional = {"mask": mask, "alibi": None if alibi is None else alibi.contiguous(), "cu_seqlens_q": cu_q,
-                "cu_seqlens_k": cu_k}
+    # The kernels index every buffer as dense from its first element: a strided view (e.g. cu_seqlens[::2]) would
+    # be read as its underlying storage, so everything but the mask (read through its strides) is made contiguous.
+    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    optional = {"mask": mask, "alibi": contiguous(alibi), "cu_seqlens_q": contiguous(cu_q),
+                "cu_seqlens_k": contiguous(cu_k)}
     tensors.update({name: t for name, t in optional.items() if t is not None})
     return problem, tensors
