@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mfa_torch
+from mfa_torch import routing
 
 
 @pytest.fixture(autouse=True)
@@ -80,11 +81,13 @@ def test_metal_backend_on_cpu_tensors_is_a_clear_error():
             mfa_torch.matmul(torch.ones(2, 2), torch.ones(2, 2))
 
 
-def test_emulator_backend_routes_attention_to_the_metal_kernels_and_says_why_not_for_float64():
+def test_emulator_backend_routes_attention_to_the_metal_kernels_and_says_why_not_for_float64(monkeypatch):
+    monkeypatch.setattr(routing, "_warned", set())  # the warning is once per process
     q, k, v = _qkv()
     with mfa_torch.backend("emulator"):
         assert "route: emulator" in mfa_torch.explain(q, k, v)
-        text = mfa_torch.explain(q.double(), k.double(), v.double())
+        with pytest.warns(UserWarning, match="do not implement torch.float64"):
+            text = mfa_torch.explain(q.double(), k.double(), v.double())
     assert "route: torch-sdpa" in text  # float64 cannot take the Metal kernels; PyTorch covers the call
 
 
