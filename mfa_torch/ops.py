@@ -196,15 +196,17 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, mask, options["alibi_slopes"], options["cu_seqlens_q"],
                           options["cu_seqlens_k"], options["dropout_seed"])
     ctx.mark_non_differentiable(lse)  # like FlashAttention: the log-sum-exp is an auxiliary output
+    ctx.backend = routing.get_backend()
 
 
 def _attention_backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, mask, alibi, cu_q, cu_k, seed = ctx.saved_tensors
     o = ctx.options
-    dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
-        grad_out.contiguous(), q, k, v, out, lse, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
-        o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"], seed,
-        ctx.mask_grad)
+    with routing.pinned_backend(ctx.backend):
+        dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
+            grad_out.contiguous(), q, k, v, out, lse, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
+            o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"], seed,
+            ctx.mask_grad)
     return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 1)
 
 
@@ -224,6 +226,7 @@ torch.library.register_autograd("mfa::attention_backward", _refuse_double_backwa
 def _gemm_setup_context(ctx, inputs, output):
     a, b, bias = inputs
     ctx.has_bias = bias is not None
+    ctx.backend = routing.get_backend()
     ctx.save_for_backward(a, b)
 
 
@@ -235,10 +238,11 @@ def _sum_to_batch(grad, batch):
 def _gemm_backward(ctx, grad):
     a, b = ctx.saved_tensors
     grad_a = grad_b = grad_bias = None
-    if ctx.needs_input_grad[0]:  # dA = dC x B^T, the transpose read through strides
-        grad_a = _sum_to_batch(torch.ops.mfa.gemm(grad, b.transpose(1, 2), None), a.shape[0])
-    if ctx.needs_input_grad[1]:  # dB = A^T x dC
-        grad_b = _sum_to_batch(torch.ops.mfa.gemm(a.transpose(1, 2), grad, None), b.shape[0])
+    with routing.pinned_backend(ctx.backend):
+        if ctx.needs_input_grad[0]:  # dA = dC x B^T, the transpose read through strides
+            grad_a = _sum_to_batch(torch.ops.mfa.gemm(grad, b.transpose(1, 2), None), a.shape[0])
+        if ctx.needs_input_grad[1]:  # dB = A^T x dC
+            grad_b = _sum_to_batch(torch.ops.mfa.gemm(a.transpose(1, 2), grad, None), b.shape[0])
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = grad.sum((0, 1))
     return grad_a, grad_b, grad_bias

@@ -18,6 +18,9 @@ _ENV = "MFA_TORCH_BACKEND"
 # The selection is one global name; rebinding it is atomic, so readers (also inside torch.compile) take no lock.
 _backend = os.environ.get(_ENV, "auto")
 _lock = threading.Lock()
+# A backward runs under the backend its forward ran under (see pinned_backend); per thread, as autograd runs an op's
+# backward formula and the ops it calls on one thread.
+_pinned = threading.local()
 
 
 def _checked(name, source):
@@ -28,7 +31,8 @@ def _checked(name, source):
 
 def get_backend():
     """The current backend name: set_backend()/backend() if used, else $MFA_TORCH_BACKEND, else "auto"."""
-    return _checked(_backend, f"environment variable {_ENV}")
+    pinned = getattr(_pinned, "name", None)
+    return pinned if pinned is not None else _checked(_backend, f"environment variable {_ENV}")
 
 
 def set_backend(name):
@@ -46,6 +50,20 @@ def backend(name):
         yield
     finally:
         set_backend(previous)
+
+
+@contextlib.contextmanager
+def pinned_backend(name):
+    """This thread's calls inside the block take backend `name`, whatever is selected: the backward of an op
+    recorded under one backend runs on the same kernels as its forward, even when autograd runs it after the
+    `with backend(...)` block has ended (a forward on the Metal kernels and a backward on PyTorch's would
+    recompute the probabilities differently from the ones the output was made of)."""
+    previous = getattr(_pinned, "name", None)
+    _pinned.name = name
+    try:
+        yield
+    finally:
+        _pinned.name = previous
 
 
 class Route:

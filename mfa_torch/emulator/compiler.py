@@ -57,6 +57,9 @@ def compiler_flags(checks):
         "-std=c++20", "-g1", "-fPIC", "-fno-strict-aliasing",
         "-fsingle-precision-constant",  # MSL has no double: 1.0 is a float
         "-ffp-contract=off",  # no fused multiply-adds the source did not ask for
+        # half (_Float16) rounds after every operation, as on the GPU. g++ 13 made -fexcess-precision=standard the
+        # C++ default, which would evaluate half expressions in float and round once: pinned, not left to the default.
+        "-fexcess-precision=16",
         "-Wno-attributes", "-fdiagnostics-color=never", "-I", str(SHIM_DIR),
     ]
     flags += [f"-m{f}" for f in ("f16c", "fma") if f in _cpu_flags()]

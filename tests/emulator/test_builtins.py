@@ -289,6 +289,32 @@ def test_math_functions_in_float(lib):
     assert torch.equal(hout, x.half().float().exp().half())  # exp(half): the argument is a half
 
 
+def test_transcendentals_are_the_nearest_float_on_every_host(lib):
+    """exp, exp2, log, log2 and tanh give the float nearest the exact value (the host's double function rounded
+    once), bit for bit: not the host C library's float functions, whose last bit depends on its version and on
+    the FMA variant it picks for the CPU (this made the emulator's results host-dependent)."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.cat([torch.randn(3000, generator=g) * 30, torch.tensor([0.0, -0.0, 1e-30, 88.0, -87.0, 1e4, -1e4])])
+    n = len(x)
+    out, hout = torch.zeros(25 * n), torch.zeros(n, dtype=torch.float16)
+    lib.dispatch_threads("math_float", {0: x, 1: out, 2: hout}, (n,), (64,))
+    got = out.view(25, n)
+    shifted = (x.abs() + 1).tolist()
+    nearest = lambda f, values: torch.tensor([f(v) for v in values], dtype=torch.float64).float()  # noqa: E731
+    expected = {0: nearest(lambda v: _overflowing(math.exp, v), x.tolist()),
+                1: nearest(lambda v: _overflowing(lambda y: 2.0 ** y, v), x.tolist()),
+                2: nearest(math.log, shifted), 3: nearest(math.log2, shifted), 4: nearest(math.tanh, x.tolist())}
+    for k, want in expected.items():
+        assert torch.equal(got[k].view(torch.int32), want.view(torch.int32)), ["exp", "exp2", "log", "log2", "tanh"][k]
+
+
+def _overflowing(f, v):
+    try:
+        return f(v)
+    except OverflowError:
+        return math.inf
+
+
 def test_math_on_vectors(lib):
     x = torch.randn(16, 4)
     out = torch.zeros(48, 4)

@@ -188,3 +188,27 @@ def test_cache_is_safe_for_concurrent_processes(tmp_path):
     assert outputs == ["[0.0, 3.0, 6.0, 9.0]\n"] * 2
     assert len(list(tmp_path.glob("*.so"))) == 1  # built once, under the lock
     assert not list(tmp_path.glob("build-*"))  # no temporary leftovers
+
+
+# ---- numerics that must not follow the compiler's defaults ------------------------------------------------
+
+
+def test_half_rounds_after_every_operation_whatever_the_compilers_default():
+    """g++ 13 made -fexcess-precision=standard the C++ default: half expressions would then be evaluated in float
+    and rounded once, so the same kernel would give other results with a newer compiler. The emulator pins
+    per-operation rounding with -fexcess-precision=16, and a chained half expression shows it: 1 + 2^-11 + 2^-11
+    is 1 in half arithmetic (each addition is a tie, rounded to even), 1 + 2^-10 evaluated in float."""
+    from mfa_torch.emulator import compiler
+    assert "-fexcess-precision=16" in compiler.compiler_flags(None)
+    lib = emulator.compile(textwrap.dedent("""
+        #include <metal_stdlib>
+        using namespace metal;
+        kernel void chained(device const half* x [[buffer(0)]], device half* out [[buffer(1)]]) {
+          out[0] = x[0] + x[1] + x[1];
+          out[1] = x[0] * x[2] + x[1] * x[2];
+        }"""))
+    x = torch.tensor([1.0, 2.0 ** -11, 3.0]).half()
+    out = torch.zeros(2, dtype=torch.float16)
+    lib.dispatch("chained", {0: x, 1: out}, (1,), (1,))
+    assert out[0].item() == 1.0
+    assert out[1].item() == (x[0] * x[2] + x[1] * x[2]).item()  # each product and the sum rounded to half

@@ -1,7 +1,10 @@
-// metal_stdlib math for scalars and vectors. float uses the C library's float functions (no silent
-// double); half and bfloat compute in float and round the result back, i.e. correctly rounded results
-// of the float computation. fast:: and precise:: are the same functions here: the emulator cannot
-// reproduce the larger errors of Apple's fast-math implementations.
+// metal_stdlib math for scalars and vectors. Transcendental float functions return the float nearest the exact
+// value: the C library's double function, rounded once to float. The C library's float functions are not correctly
+// rounded and pick FMA or non-FMA code by the host CPU (glibc's ifuncs), so they could differ between machines;
+// the double ones are within 1 double ulp, which rounds to the same float except where the exact value lies within
+// 2^-29 float ulps of a rounding boundary. Exact operations (sqrt, floor, fmin, ...) are IEEE's, in float.
+// half and bfloat compute in float and round the result back. fast:: and precise:: are the same functions here:
+// the emulator cannot reproduce the larger errors of Apple's fast-math implementations.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -26,30 +29,41 @@ namespace metal {
     return msl_zip<msl_common_element_t<A, B>>(a, b, [](auto x, auto y) { return NAME(x, y); });                 \
   }
 
-// ---- functions the C++ library already has for float ------------------------------------------------
+// ---- exact functions: the C++ library's float ones ---------------------------------------------------------
 #define MSL_STD_1(NAME) using std::NAME; MSL_NARROW_AND_VECTOR_1(NAME)
 #define MSL_STD_2(NAME) using std::NAME; MSL_NARROW_AND_VECTOR_2(NAME)
-MSL_STD_1(exp) MSL_STD_1(exp2) MSL_STD_1(log) MSL_STD_1(log2) MSL_STD_1(log10) MSL_STD_1(sqrt)
-MSL_STD_1(sin) MSL_STD_1(cos) MSL_STD_1(tan) MSL_STD_1(asin) MSL_STD_1(acos) MSL_STD_1(atan)
-MSL_STD_1(sinh) MSL_STD_1(cosh) MSL_STD_1(tanh) MSL_STD_1(asinh) MSL_STD_1(acosh) MSL_STD_1(atanh)
-MSL_STD_1(floor) MSL_STD_1(ceil) MSL_STD_1(round) MSL_STD_1(rint) MSL_STD_1(trunc) MSL_STD_1(fabs)
-MSL_STD_1(cbrt) MSL_STD_1(erf)
-MSL_STD_2(pow) MSL_STD_2(fmod) MSL_STD_2(atan2) MSL_STD_2(copysign) MSL_STD_2(fmin) MSL_STD_2(fmax) MSL_STD_2(fdim)
+MSL_STD_1(sqrt) MSL_STD_1(floor) MSL_STD_1(ceil) MSL_STD_1(round) MSL_STD_1(rint) MSL_STD_1(trunc) MSL_STD_1(fabs)
+MSL_STD_2(fmod) MSL_STD_2(copysign) MSL_STD_2(fmin) MSL_STD_2(fmax) MSL_STD_2(fdim)
 #undef MSL_STD_1
 #undef MSL_STD_2
 
+// ---- transcendental functions: the double function rounded once to float (see the top of this file) -----------
+#define MSL_ROUNDED_1(NAME, DOUBLE_FN) \
+  inline float NAME(float x) { return float(DOUBLE_FN(double(x))); } MSL_NARROW_AND_VECTOR_1(NAME)
+#define MSL_ROUNDED_2(NAME, DOUBLE_FN) \
+  inline float NAME(float x, float y) { return float(DOUBLE_FN(double(x), double(y))); } MSL_NARROW_AND_VECTOR_2(NAME)
+MSL_ROUNDED_1(exp, std::exp) MSL_ROUNDED_1(exp2, std::exp2) MSL_ROUNDED_1(log, std::log) MSL_ROUNDED_1(log2, std::log2)
+MSL_ROUNDED_1(log10, std::log10) MSL_ROUNDED_1(sin, std::sin) MSL_ROUNDED_1(cos, std::cos) MSL_ROUNDED_1(tan, std::tan)
+MSL_ROUNDED_1(asin, std::asin) MSL_ROUNDED_1(acos, std::acos) MSL_ROUNDED_1(atan, std::atan)
+MSL_ROUNDED_1(sinh, std::sinh) MSL_ROUNDED_1(cosh, std::cosh) MSL_ROUNDED_1(tanh, std::tanh)
+MSL_ROUNDED_1(asinh, std::asinh) MSL_ROUNDED_1(acosh, std::acosh) MSL_ROUNDED_1(atanh, std::atanh)
+MSL_ROUNDED_1(cbrt, std::cbrt) MSL_ROUNDED_1(erf, std::erf)
+MSL_ROUNDED_1(exp10, [](double x) { return std::pow(10.0, x); })
+MSL_ROUNDED_2(pow, std::pow) MSL_ROUNDED_2(atan2, std::atan2)
+MSL_ROUNDED_2(powr, std::pow)  // defined for x >= 0 only
+#undef MSL_ROUNDED_1
+#undef MSL_ROUNDED_2
+
 // ---- float functions MSL adds ---------------------------------------------------------------------------
 inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
-inline float exp10(float x) { return std::pow(10.0f, x); }
-inline float powr(float x, float y) { return std::pow(x, y); }  // defined for x >= 0 only
 inline float fract(float x) { return std::fmin(x - std::floor(x), 0x1.fffffep-1f); }
 inline float saturate(float x) { return std::fmin(std::fmax(x, 0.0f), 1.0f); }
 inline float sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : std::isnan(x) ? 0.0f : x; }
 inline float step(float edge, float x) { return x < edge ? 0.0f : 1.0f; }
 inline float divide(float x, float y) { return x / y; }
-MSL_NARROW_AND_VECTOR_1(rsqrt) MSL_NARROW_AND_VECTOR_1(exp10) MSL_NARROW_AND_VECTOR_1(fract)
+MSL_NARROW_AND_VECTOR_1(rsqrt) MSL_NARROW_AND_VECTOR_1(fract)
 MSL_NARROW_AND_VECTOR_1(saturate) MSL_NARROW_AND_VECTOR_1(sign)
-MSL_NARROW_AND_VECTOR_2(powr) MSL_NARROW_AND_VECTOR_2(step) MSL_NARROW_AND_VECTOR_2(divide)
+MSL_NARROW_AND_VECTOR_2(step) MSL_NARROW_AND_VECTOR_2(divide)
 #undef MSL_NARROW_AND_VECTOR_1
 #undef MSL_NARROW_AND_VECTOR_2
 
