@@ -104,3 +104,31 @@ def test_reference_backend_gives_the_same_result_as_auto():
     with mfa_torch.backend("reference"):
         ref = mfa_torch.scaled_dot_product_attention(q, k, v, window_size=(3, 3))
     torch.testing.assert_close(ref, mfa_torch.scaled_dot_product_attention(q, k, v, window_size=(3, 3)))
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("forward_backend,backward_backend", [("emulator", "auto"), ("reference", "emulator")])
+def test_backward_runs_on_the_backend_its_forward_ran_on(monkeypatch, forward_backend, backward_backend):
+    """autograd often runs the backward after the `with backend(...)` block of the forward has ended. It must take
+    the forward's kernels: the emulator's forward with PyTorch's backward (which recomputes the scores with other
+    roundings) gave gradients off by 7% at scores near 1e3, differently on different hosts. GEMM likewise."""
+    from mfa_torch.metal import emulator_executor
+    launched = []
+    run_plan = emulator_executor.run_plan
+    monkeypatch.setattr(emulator_executor, "run_plan",
+                        lambda plan, *a, **kw: (launched.extend(x.kernel for x in plan.launches), run_plan(plan, *a, **kw)))
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    a, b = torch.randn(3, 5, requires_grad=True), torch.randn(5, 4)
+    with mfa_torch.backend(forward_backend):
+        out = mfa_torch.scaled_dot_product_attention(q, k, v, window_size=(2, 1))
+        product = mfa_torch.matmul(a, b)
+    with mfa_torch.backend(backward_backend):
+        grads = torch.autograd.grad((out.sum(), product.sum()), (q, k, v, a))
+    on_emulator = forward_backend == "emulator"
+    assert ("attention_backward_dq" in launched) == on_emulator and ("gemm" in launched) == on_emulator
+    with mfa_torch.backend(forward_backend):  # the same calls with the backward inside the block: bit for bit
+        out = mfa_torch.scaled_dot_product_attention(q, k, v, window_size=(2, 1))
+        product = mfa_torch.matmul(a, b)
+        want = torch.autograd.grad((out.sum(), product.sum()), (q, k, v, a))
+    assert all(torch.equal(g, w) for g, w in zip(grads, want))
+    assert mfa_torch.get_backend() == "auto"
