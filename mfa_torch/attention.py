@@ -35,7 +35,14 @@ class _OpCall:
         # torch.manual_seed reproduces it; a tensor keeps the draw traceable by torch.compile.
         seed = torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64), torch.zeros((), dtype=torch.int64)]) \
             if dropout_p > 0 else None
-        return torch.ops.mfa.attention_forward(*self.args, seed)
+        out, stats = torch.ops.mfa.attention_forward(*self.args, seed)
+        return out, _log_sum_exp(stats)
+
+
+def _log_sum_exp(stats):
+    """lse = max + log(sum) from the op's softmax stats (..., 2); -inf for rows that attend nothing."""
+    row_max, row_sum = stats.unbind(-1)
+    return torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_max, float("-inf")))
 
 
 def _check_heads(Hq, Hk, Hv, enable_gqa, names):

@@ -81,16 +81,16 @@ def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlen
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     B, Hq, L, _ = q.shape
-    return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, dtype=reference.lse_dtype(q.dtype))
+    return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, 2, dtype=reference.stats_dtype(q.dtype))
 
 
-def _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad):
+def _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad):
     """The forward's outputs and the output gradient must be what attention_forward returned for q, k, v: the
-    kernels read them as dense (B, Hq, L, Ev) and (B, Hq, L) rows of q's dtype and of the lse dtype."""
+    kernels read them as dense (B, Hq, L, Ev) rows of q's dtype and (B, Hq, L, 2) softmax stats."""
     B, Hq, L, _ = q.shape
     for name, t, shape, dtype in (("out", out, (B, Hq, L, v.shape[3]), q.dtype),
                                   ("grad_out", grad_out, (B, Hq, L, v.shape[3]), q.dtype),
-                                  ("lse", lse, (B, Hq, L), reference.lse_dtype(q.dtype))):
+                                  ("stats", stats, (B, Hq, L, 2), reference.stats_dtype(q.dtype))):
         _check(tuple(t.shape) == shape, f"{name} must have shape {shape}, got {tuple(t.shape)}")
         _check(t.dtype == dtype, f"{name} must have dtype {dtype}, got {t.dtype}")
         _check(t.device == q.device, f"{name} is on {t.device} but q is on {q.device}")
@@ -98,12 +98,12 @@ def _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad):
 
 
 @torch.library.register_fake("mfa::attention_backward")
-def _attention_backward_fake(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+def _attention_backward_fake(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                              max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
                              dropout_p, dropout_seed, mask_grad):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
-    _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad)
+    _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad)
     dmask = torch.empty_like(mask) if mask_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
 
@@ -148,19 +148,19 @@ def _attention_forward_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seql
                                        dropout_p, dropout_seed)
 
 
-def _attention_backward_kernel(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+def _attention_backward_kernel(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                                max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right,
                                softcap, dropout_p, dropout_seed, mask_grad):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
-    _check_backward_args(grad_out, q, v, out, lse, mask, mask_grad)
+    _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
     route = routing.kernel_route(q.device, metal_attention.backward_lacks(q, v, mask, mask_grad))
     if route is not None:
-        return metal_attention.backward(route, grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q,
+        return metal_attention.backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q,
                                         cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left, window_right,
                                         bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
-    return reference.attention_backward(grad_out.contiguous(), q, k, v, out, lse, mask, alibi_slopes,
+    return reference.attention_backward(grad_out.contiguous(), q, k, v, out, stats, mask, alibi_slopes,
                                         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left,
                                         window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
 
@@ -189,22 +189,22 @@ _ATTENTION_OPTIONS = ("mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "m
 def _attention_setup_context(ctx, inputs, output):
     q, k, v = inputs[:3]
     options = dict(zip(_ATTENTION_OPTIONS, inputs[3:]))
-    out, lse = output
+    out, stats = output
     mask = options["mask"]
     ctx.mask_grad = mask is not None and mask.requires_grad
     ctx.options = {name: value for name, value in options.items() if not isinstance(value, torch.Tensor)}
-    ctx.save_for_backward(q, k, v, out, lse, mask, options["alibi_slopes"], options["cu_seqlens_q"],
+    ctx.save_for_backward(q, k, v, out, stats, mask, options["alibi_slopes"], options["cu_seqlens_q"],
                           options["cu_seqlens_k"], options["dropout_seed"])
-    ctx.mark_non_differentiable(lse)  # like FlashAttention: the log-sum-exp is an auxiliary output
+    ctx.mark_non_differentiable(stats)  # like FlashAttention's log-sum-exp: an auxiliary output
     ctx.backend = routing.get_backend()
 
 
-def _attention_backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, mask, alibi, cu_q, cu_k, seed = ctx.saved_tensors
+def _attention_backward(ctx, grad_out, _grad_stats):
+    q, k, v, out, stats, mask, alibi, cu_q, cu_k, seed = ctx.saved_tensors
     o = ctx.options
     with routing.pinned_backend(ctx.backend):
         dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
-            grad_out.contiguous(), q, k, v, out, lse, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
+            grad_out.contiguous(), q, k, v, out, stats, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
             o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"], seed,
             ctx.mask_grad)
     return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 1)

@@ -5,8 +5,10 @@ test oracle (the tests carry their own naive fp64 attention).
 
 Attention is computed over query blocks x key blocks with an online softmax (FlashAttention's algorithm in
 PyTorch operations): the extra memory is one block of scores per (batch, head), never L x S. Blocks that
-the causal/window structure masks completely are skipped. The backward recomputes the scores block by
-block from q, k and the saved log-sum-exp. Accumulation is in fp32 (fp64 for fp64 inputs).
+the causal/window structure masks completely are skipped. The forward saves each row's softmax stats (max m,
+sum l); the backward recomputes the scores block by block from q and k with the same operations and the
+probabilities as exp(s - m) / l, and takes D = rowsum(P * dP) from those probabilities (PyTorch's softmax
+backward). Accumulation is in fp32 (fp64 for fp64 inputs).
 """
 import math
 
@@ -28,8 +30,8 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def lse_dtype(dtype):
-    """The log-sum-exp is fp32 (fp64 for fp64 inputs, whose gradients would otherwise lose precision)."""
+def stats_dtype(dtype):
+    """The softmax stats are fp32 (fp64 for fp64 inputs, whose gradients would otherwise lose precision)."""
     return _acc_dtype(dtype)
 
 
@@ -160,12 +162,24 @@ class _Problem:
         return keep.to(like.dtype) / (1.0 - p)
 
 
+def _no_keys(shape, dtype, device):
+    """Softmax stats (max, sum) of rows that attend nothing."""
+    return torch.tensor([float("-inf"), 0.0], dtype=dtype, device=device).repeat(*shape, 1)
+
+
+def _probabilities(s, row_max, row_sum):
+    """exp(s - max) / sum as the forward forms them; 0 in rows that attend nothing."""
+    shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max).unsqueeze(-1)
+    attended = (row_sum > 0).unsqueeze(-1)
+    return torch.where(attended, torch.exp(s - shift) / torch.where(attended, row_sum.unsqueeze(-1), 1), 0)
+
+
 def _forward_dense(pb):
-    """Returns out (B, Hq, L, Ev) and lse (B, Hq, L), both in the accumulation dtype."""
+    """Returns out (B, Hq, L, Ev) and the softmax stats (B, Hq, L, 2), both in the accumulation dtype."""
     B, Hk, G, L = pb.B, pb.Hk, pb.G, pb.L
     Ev = pb.v.shape[-1]
     out = torch.zeros(B, Hk, G, L, Ev, dtype=pb.acc, device=pb.q.device)
-    lse = torch.full((B, Hk, G, L), float("-inf"), dtype=pb.acc, device=pb.q.device)
+    stats = _no_keys((B, Hk, G, L), pb.acc, pb.q.device)
     for i0 in range(0, L, pb.block_q):
         i1 = min(i0 + pb.block_q, L)
         row_max = torch.full((B, Hk, G, i1 - i0), float("-inf"), dtype=pb.acc, device=pb.q.device)
@@ -186,20 +200,18 @@ def _forward_dense(pb):
             row_max = new_max
         attended = row_sum > 0
         acc.div_(torch.where(attended, row_sum, torch.ones_like(row_sum)).unsqueeze(-1))
-        lse[:, :, :, i0:i1] = torch.where(attended, row_max + torch.log(row_sum), lse[:, :, :, i0:i1])
-    return out.view(B, pb.Hq, L, Ev), lse.view(B, pb.Hq, L)
+        stats[:, :, :, i0:i1] = torch.where(attended.unsqueeze(-1), torch.stack([row_max, row_sum], -1),
+                                            stats[:, :, :, i0:i1])
+    return out.view(B, pb.Hq, L, Ev), stats.view(B, pb.Hq, L, 2)
 
 
-def _backward_dense(pb, grad_out, out, lse, dmask):
+def _backward_dense(pb, grad_out, stats, dmask):
     """Returns dq (B, Hq, L, E), dk (B, Hk, S, E), dv (B, Hk, S, Ev) in the accumulation dtype;
     accumulates the score gradient into dmask (the mask's own shape) when given."""
     B, Hk, G, L, S = pb.B, pb.Hk, pb.G, pb.L, pb.S
     E, Ev = pb.q.shape[-1], pb.v.shape[-1]
     dO = grad_out.to(pb.acc).view(B, Hk, G, L, Ev)
-    delta = (dO * out.to(pb.acc).view(B, Hk, G, L, Ev)).sum(-1)  # D = rowsum(dO * O)
-    # Rows that attend nothing have lse -inf: shifting by +inf makes their probabilities exactly 0.
-    lse = lse.to(pb.acc).view(B, Hk, G, L)
-    lse = torch.where(lse == float("-inf"), torch.full_like(lse, float("inf")), lse)
+    stats = stats.to(pb.acc).view(B, Hk, G, L, 2)
     dq = torch.zeros(B, Hk, G, L, E, dtype=pb.acc, device=dO.device)
     dk = torch.zeros(B, Hk, S, E, dtype=pb.acc, device=dO.device)
     dv = torch.zeros(B, Hk, S, Ev, dtype=pb.acc, device=dO.device)
@@ -207,18 +219,30 @@ def _backward_dense(pb, grad_out, out, lse, dmask):
         i1 = min(i0 + pb.block_q, L)
         qb = pb.q[:, :, :, i0:i1].to(pb.acc)
         dOb = dO[:, :, :, i0:i1]
-        for j0, j1 in pb.key_blocks(i0, i1):
+        row_max, row_sum = stats[:, :, :, i0:i1].unbind(-1)
+
+        def block_terms(j0, j1):
+            """Probabilities (without dropout), dropout multiplier, dP (with dropout) and tanh(raw / softcap)."""
             s, capped = pb.scores(i0, i1, j0, j1)
-            p = torch.exp(s - lse[:, :, :, i0:i1].unsqueeze(-1))
+            p = _probabilities(s, row_max, row_sum)
             keep = pb.keep_scale(i0, i1, j0, j1, p)
+            dp = torch.einsum("bhgqe,bhke->bhgqk", dOb, pb.v[:, :, 0, j0:j1].to(pb.acc))
+            return p, keep, dp if keep is None else dp * keep, capped
+
+        # D = rowsum(P * dP) over every key, from the very probabilities and dP the gradients use: dS then sums
+        # to 0 over a row up to rounding, and is exactly 0 where one key takes the whole row (P = 1, D = dP). The
+        # FlashAttention form rowsum(dO * O) equals it only up to the roundings of O and of another sum order.
+        blocks = pb.key_blocks(i0, i1)
+        only = block_terms(*blocks[0]) if len(blocks) == 1 else None
+        delta = torch.zeros_like(row_max)
+        for j0, j1 in blocks:
+            p, _, dp, _ = only or block_terms(j0, j1)
+            delta += (p * dp).sum(-1)
+        for j0, j1 in blocks:
+            p, keep, dp, capped = only or block_terms(j0, j1)
             kb = pb.k[:, :, 0, j0:j1].to(pb.acc)
-            vb = pb.v[:, :, 0, j0:j1].to(pb.acc)
-            p_dropped = p if keep is None else p * keep
-            dv[:, :, j0:j1] += torch.einsum("bhgqk,bhgqe->bhke", p_dropped, dOb)
-            dp = torch.einsum("bhgqe,bhke->bhgqk", dOb, vb)
-            if keep is not None:
-                dp = dp * keep
-            ds = p * (dp - delta[:, :, :, i0:i1].unsqueeze(-1))
+            dv[:, :, j0:j1] += torch.einsum("bhgqk,bhgqe->bhke", p if keep is None else p * keep, dOb)
+            ds = p * (dp - delta.unsqueeze(-1))
             if dmask is not None:
                 _accumulate_mask_grad(dmask, ds.view(B, pb.Hq, i1 - i0, j1 - j0), i0, i1, j0, j1)
             if capped is not None:
@@ -262,17 +286,17 @@ def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, m
                       scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed):
     B, Hq, L, _ = q.shape
     out = torch.zeros(B, Hq, L, v.shape[-1], dtype=q.dtype, device=q.device)
-    lse = torch.full((B, Hq, L), float("-inf"), dtype=lse_dtype(q.dtype), device=q.device)
+    stats = _no_keys((B, Hq, L), stats_dtype(q.dtype), q.device)
     for rows, _, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
                                     dropout_p, dropout_seed):
-        o, l = _forward_dense(pb)
+        o, row_stats = _forward_dense(pb)
         out[:, :, rows] = o.to(q.dtype)
-        lse[:, :, rows] = l
-    return out, lse
+        stats[:, :, rows] = row_stats
+    return out, stats
 
 
-def attention_backward(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+def attention_backward(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                        max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
                        dropout_p, dropout_seed, mask_grad):
     acc = _acc_dtype(q.dtype)
@@ -283,7 +307,7 @@ def attention_backward(grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqle
     for rows, keys, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
                                        dropout_p, dropout_seed):
-        gq, gk, gv = _backward_dense(pb, grad_out[:, :, rows], out[:, :, rows], lse[:, :, rows], dmask)
+        gq, gk, gv = _backward_dense(pb, grad_out[:, :, rows], stats[:, :, rows], dmask)
         dq[:, :, rows] = gq
         dk[:, :, keys] = gk
         dv[:, :, keys] = gv

@@ -1,10 +1,17 @@
 // Attention backward, first pass: D = rowsum(dO * O) for every query row, in float. The dQ and dK/dV kernels read
 // it instead of recomputing it per tile.
 //
-// Grid: x = blocks of 4 rows of the (B, Hq, Lq) row space; one SIMD-group per row, lanes striding over Ev.
+// D is formed by the matrix unit exactly as those kernels form dP = dO V^T (dO rows times transposed rows of float
+// tiles, accumulated over the value dim in 8-column steps from 0): the diagonal of dO O^T. So where a row's output is
+// one value row (one allowed key, or a one-hot softmax: O = V_j bit for bit) D equals dP_ij bit for bit and
+// dS = P (dP - D) is exactly 0, as in PyTorch's math backward; a differently ordered sum would leave a rounding
+// residue there, which the gradients multiply by K and Q.
+//
+// Grid: x = blocks of 32 rows of the (B, Hq, Lq) row space; each of the 4 SIMD-groups owns 8 rows.
 #include <metal_stdlib>
 using namespace metal;
 #include "attention_params.h"
+#include "attention_tiles.h"
 
 kernel void attention_backward_delta(device const MFA_T* grad_out [[buffer(MFA_ATTN_GRAD_OUT)]],
                                      device const MFA_T* out [[buffer(MFA_ATTN_OUT)]],
@@ -14,11 +21,21 @@ kernel void attention_backward_delta(device const MFA_T* grad_out [[buffer(MFA_A
                                      ushort sg [[simdgroup_index_in_threadgroup]],
                                      ushort lane [[thread_index_in_simdgroup]]) {
   const long rows = long(p.varlen ? 1 : p.batch) * p.q_heads * p.q_len;
-  const long row = long(group) * 4 + sg;
-  float sum = 0.0f;
-  if (row < rows) {
-    for (uint d = lane; d < p.value_dim; d += 32) sum += float(grad_out[row * p.value_dim + d]) * float(out[row * p.value_dim + d]);
+  const long row0 = long(group) * 32 + sg * 8;
+  if (row0 >= rows) return;  // the whole SIMD-group: it holds no row
+  const int valid_rows = int(min(rows - row0, long(8)));
+  const uint r = mfa_tile_row(lane), c = mfa_tile_col(lane);
+
+  simdgroup_float8x8 do_tiles[MFA_VALUE_DIM / 8];
+  mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + (row0 + r) * p.value_dim, int(r) < valid_rows, p.value_dim,
+                                    lane);
+  simdgroup_float8x8 products = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
+    simdgroup_float8x8 o_t;
+    mfa_load_transposed_tile(o_t, out + row0 * p.value_dim, valid_rows, p.value_dim, d, lane);
+    simdgroup_multiply_accumulate(products, do_tiles[d], o_t, products);
   }
-  sum = simd_sum(sum);
-  if (row < rows && lane == 0) delta[row] = sum;
+  // Each diagonal element (r, r) sits in exactly one lane.
+  const float2 e = products.thread_elements();
+  if (int(r) < valid_rows && (r == c || r == c + 1)) delta[row0 + r] = r == c ? e.x : e.y;
 }

@@ -1,11 +1,12 @@
 // Attention backward, dK and dV: parallel over key blocks, no atomics. A threadgroup owns MFA_BLOCK_KV keys of one
 // K/V head and loops over every query head of its GQA group and every query block in the causal/window band, so the
 // group's sum lands in registers and each dK/dV row is written once, in a fixed order (deterministic).
-// Per query block: S^T = K Q^T, P^T from the saved log-sum-exp, dV += (P^T * dropout) dO, dP^T = V dO^T,
+// Per query block: S^T = K Q^T, P^T from the forward's softmax stats, dV += (P^T * dropout) dO, dP^T = V dO^T,
 // dS^T = P^T * (dP^T - D), dK += dS^T Q (with the softcap chain rule and the scale).
 //
 // Grid: x = key blocks, y = K/V head, z = batch (or sequence). K, V and the dK/dV accumulators stay in registers (one
-// SIMD-group owns 8 keys); Q, dO, lse and D of the current query block are staged in threadgroup memory.
+// SIMD-group owns 8 keys); Q, dO, the softmax max and 1 / sum, and D of the current query block are staged in
+// threadgroup memory.
 #include <metal_stdlib>
 using namespace metal;
 #include "attention_params.h"
@@ -25,7 +26,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
                                     device const float* alibi [[buffer(MFA_ATTN_ALIBI)]],
                                     device const int* cu_q [[buffer(MFA_ATTN_CU_Q)]],
                                     device const int* cu_k [[buffer(MFA_ATTN_CU_K)]],
-                                    device const float* lse [[buffer(MFA_ATTN_LSE)]],
+                                    device const float2* stats [[buffer(MFA_ATTN_STATS)]],
                                     constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
                                     device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
                                     device const MFA_T* grad_out [[buffer(MFA_ATTN_GRAD_OUT)]],
@@ -39,7 +40,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
                                     ushort tid [[thread_index_in_threadgroup]]) {
   threadgroup float q_tile[MFA_BLOCK_Q * MFA_HEAD_DIM];
   threadgroup float do_tile[MFA_BLOCK_Q * MFA_VALUE_DIM];
-  threadgroup float lse_tile[MFA_BLOCK_Q];
+  threadgroup float2 softmax_tile[MFA_BLOCK_Q];  // (max, 1 / sum)
   threadgroup float delta_tile[MFA_BLOCK_Q];
   const uint seq = group.z, kv_head = group.y, G = p.group;
   const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
@@ -71,8 +72,9 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
                                                                        queries, p.head_dim, tid);
       mfa_stage_rows<MFA_BLOCK_Q, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(
           do_tile, grad_out + (head_base + query0) * p.value_dim, queries, p.value_dim, tid);
-      if (tid < MFA_BLOCK_Q) {  // rows past the end attend nothing: lse -inf makes their probabilities 0
-        lse_tile[tid] = int(tid) < queries ? lse[head_base + query0 + tid] : -INFINITY;
+      if (tid < MFA_BLOCK_Q) {  // rows past the end attend nothing: 1 / sum = 0 makes their probabilities 0
+        const float2 row = int(tid) < queries ? stats[head_base + query0 + tid] : float2(-INFINITY, 0.0f);
+        softmax_tile[tid] = float2(row.x, attention_inverse_sum(row.y));
         delta_tile[tid] = int(tid) < queries ? delta[head_base + query0 + tid] : 0.0f;
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -97,7 +99,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
           const AttentionRow row = attention_row(p, sq, seq, head, query, alibi);
           const bool valid = key_valid && query < sq.q_len;
           const float score = valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
-          const float prob = attention_probability(score, lse_tile[local]);
+          const float prob = attention_probability(score, softmax_tile[local].x, softmax_tile[local].y);
           const float keep = attention_dropout_factor(p, row, key);
           const float ds = prob * (dp[t] * keep - delta_tile[local]);
           dp[t] = attention_dot_gradient(ds, s[t], p);

@@ -1,5 +1,5 @@
 // Attention backward, dQ: parallel over query blocks, no atomics (each dQ row is written by one threadgroup).
-// Recomputes P from Q, K and the saved log-sum-exp, then dS = P * (dP - D) with dP = dO V^T, and dQ = dS K.
+// Recomputes P from Q, K and the forward's softmax stats, then dS = P * (dP - D) with dP = dO V^T, and dQ = dS K.
 // With MFA_MASK_GRAD it also writes dS into dmask: the plan takes this path only for masks with every dimension
 // full, so each element of dmask belongs to exactly one (row, key).
 //
@@ -25,7 +25,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                   device const float* alibi [[buffer(MFA_ATTN_ALIBI)]],
                                   device const int* cu_q [[buffer(MFA_ATTN_CU_Q)]],
                                   device const int* cu_k [[buffer(MFA_ATTN_CU_K)]],
-                                  device const float* lse [[buffer(MFA_ATTN_LSE)]],
+                                  device const float2* stats [[buffer(MFA_ATTN_STATS)]],
                                   constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
                                   device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
                                   device const MFA_T* grad_out [[buffer(MFA_ATTN_GRAD_OUT)]],
@@ -55,7 +55,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                          alibi);
   const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
   const long kv_base = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first;
-  const float row_lse = row_valid ? lse[q_row] : -INFINITY;
+  const float2 row_stats = row_valid ? stats[q_row] : float2(-INFINITY, 0.0f);
+  const float row_inverse_sum = attention_inverse_sum(row_stats.y);
   const float row_delta = row_valid ? delta[q_row] : 0.0f;
 
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], do_tiles[MFA_VALUE_DIM / 8], dq_tiles[MFA_HEAD_DIM / 8];
@@ -89,7 +90,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
         const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
-        const float prob = attention_probability(score, row_lse);
+        const float prob = attention_probability(score, row_stats.x, row_inverse_sum);
         const float ds = prob * (dp[t] * attention_dropout_factor(p, row, key) - row_delta);
 #if MFA_MASK_GRAD
         if (row_valid && key < sq.kv_len) {

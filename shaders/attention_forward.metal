@@ -37,7 +37,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               device const int* cu_q [[buffer(MFA_ATTN_CU_Q)]],
                               device const int* cu_k [[buffer(MFA_ATTN_CU_K)]],
                               device MFA_OUT_T* out [[buffer(MFA_ATTN_OUT)]],
-                              device float* lse [[buffer(MFA_ATTN_LSE)]],
+                              device float2* stats [[buffer(MFA_ATTN_STATS)]],
                               constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
                               device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
                               uint3 group [[threadgroup_position_in_grid]],
@@ -106,11 +106,11 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     const float new_max = max(row_max, block_max);
     // A row that has seen no allowed key keeps max -inf: shift by 0 so exp2 gives 0, never inf - inf.
     const float shift = new_max == -INFINITY ? 0.0f : new_max;
-    const float correction = exp2((row_max - shift) * M_LOG2E_F);
+    const float correction = attention_exp(row_max, shift);
     float block_sum = 0.0f;
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       thread float2& s = s_tiles[j].thread_elements();
-      s = exp2((s - shift) * M_LOG2E_F);
+      for (uint t = 0; t < 2; t++) s[t] = attention_exp(s[t], shift);
       block_sum += s.x + s.y;
       // the softmax sum counts every probability; dropout only decides which ones reach the output
       for (uint t = 0; t < 2; t++) s[t] *= attention_dropout_factor(p, row, key0 + int(j * 8 + tile_col + t));
@@ -138,14 +138,13 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
 #endif
   if (!row_valid) return;
-  // Rows that attend nothing: output 0 and log-sum-exp -inf.
-  const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
-  const float row_lse = row_sum > 0.0f ? row_max + log(row_sum) : -INFINITY;
+  // Rows that attend nothing (or whose scores hold a NaN): output 0 (NaN) and stats (-inf, 0).
+  const float inv_sum = attention_inverse_sum(row_sum);
 #if MFA_SPLIT_KV
   const long out_row = q_row * p.num_splits + split;  // partials: (B, Hq, Lq, splits, Ev)
 #else
   const long out_row = q_row;
 #endif
   mfa_store_row_tiles<MFA_VALUE_DIM>(out + out_row * p.value_dim, o_tiles, inv_sum, p.value_dim, lane);
-  if (tile_col == 0) lse[out_row] = row_lse;
+  if (tile_col == 0) stats[out_row] = inv_sum > 0.0f ? float2(row_max, row_sum) : float2(-INFINITY, 0.0f);
 }

@@ -2,7 +2,7 @@
 // both the Metal sources and the C++ planner (csrc/attention/), so the two can never disagree about layout.
 //
 // Canonical tensors (see csrc/ops.cpp): q (B, Hq, Lq, E), k (B, Hk, Sk, E), v (B, Hk, Sk, Ev), out (B, Hq, Lq, Ev),
-// lse (B, Hq, Lq) float; all contiguous. For varlen calls B = 1 and Lq, Sk are the packed token counts.
+// softmax stats (B, Hq, Lq, 2) float: each row's max score and sum of exp(score - max); all contiguous. For varlen calls B = 1 and Lq, Sk are the packed token counts.
 #pragma once
 
 #include "portable_types.h"
@@ -16,12 +16,12 @@
 #define MFA_ATTN_CU_Q 5
 #define MFA_ATTN_CU_K 6
 #define MFA_ATTN_OUT 7            // out in q's dtype, or the float partial outputs of each key split
-#define MFA_ATTN_LSE 8            // lse, or the partial log-sum-exp of each key split
+#define MFA_ATTN_STATS 8          // softmax stats (max, sum) per row, or those of each key split
 #define MFA_ATTN_PARAMS 9
 #define MFA_ATTN_TILE_COUNT 10    // debug (MFA_COUNT_TILES): key/value tiles computed, one uint per threadgroup
 #define MFA_ATTN_PARTIAL_OUT 11   // attention_combine's inputs
-#define MFA_ATTN_PARTIAL_LSE 12
-// The backward kernels' own buffers (besides q, k, v, mask, alibi, cu_seqlens, out = the forward output, lse).
+#define MFA_ATTN_PARTIAL_STATS 12
+// The backward kernels' own buffers (besides q, k, v, mask, alibi, cu_seqlens, out = the forward output, stats).
 #define MFA_ATTN_GRAD_OUT 13
 #define MFA_ATTN_DELTA 14         // D = rowsum(dO * O), float (B, Hq, Lq)
 #define MFA_ATTN_DQ 15

@@ -93,10 +93,20 @@ inline float attention_dropout_factor(constant AttentionParams& p, thread const 
   return mfa_dropout_keep(counter, p.dropout_key_lo, p.dropout_key_hi, p.dropout_threshold) ? p.dropout_scale : 0.0f;
 }
 
-// Softmax probability of a score (natural units) given its row's log-sum-exp; 0 for masked scores and for rows
-// that attend nothing (lse -inf).
-inline float attention_probability(float score, float lse) {
-  return score == -INFINITY || lse == -INFINITY ? 0.0f : metal::precise::exp(score - lse);
+// The softmax of a row is kept as (max, sum): its largest score m and the sum l of exp(score - m) (natural units).
+// The forward writes them; the backward recomputes each probability with the forward's expressions below from the
+// same scores, so the two agree at any score magnitude (a log-sum-exp m + log l in float is rounded by |m| x 2^-24,
+// and exp(score - lse) would carry that error into every probability of the row).
+
+// exp(score - shift) as the forward's online softmax evaluates it: only the difference goes to base 2.
+inline float attention_exp(float score, float shift) { return metal::exp2((score - shift) * M_LOG2E_F); }
+
+// 1 / l, and 0 for rows that attend nothing (l = 0) or whose scores hold a NaN (l NaN).
+inline float attention_inverse_sum(float sum) { return sum > 0.0f ? 1.0f / sum : 0.0f; }
+
+// Softmax probability of a score given its row's max and 1 / sum; 0 for masked scores and rows that attend nothing.
+inline float attention_probability(float score, float row_max, float inverse_sum) {
+  return score == -INFINITY || inverse_sum == 0.0f ? 0.0f : attention_exp(score, row_max) * inverse_sum;
 }
 
 // Gradient with respect to the raw dot product q . k from ds, the gradient of the score (after softcap, where ALiBi

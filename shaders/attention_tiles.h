@@ -41,3 +41,15 @@ inline void mfa_store_row_tiles(device T* row, thread metal::simdgroup_float8x8*
     if (c + 1 < cols) row[c + 1] = T(e.y);
   }
 }
+
+// Loads tile d of the transpose of 8 rows of a row-major matrix (`cols` elements per row): tile element (r, c) is
+// row c, column d * 8 + r; zero past `rows` rows or `cols` columns. The right operand of (8 rows) x M^T, with the
+// values a transposed simdgroup_load of the same rows staged as float would give.
+template <typename T>
+inline void mfa_load_transposed_tile(thread metal::simdgroup_float8x8& tile, device const T* first_row, int rows,
+                                     uint cols, uint d, ushort lane) {
+  thread float2& e = tile.thread_elements();
+  const uint c = d * 8 + mfa_tile_row(lane), r = mfa_tile_col(lane);
+  e.x = int(r) < rows && c < cols ? float(first_row[long(r) * cols + c]) : 0.0f;
+  e.y = int(r) + 1 < rows && c < cols ? float(first_row[long(r + 1) * cols + c]) : 0.0f;
+}

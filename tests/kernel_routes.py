@@ -25,6 +25,12 @@ def kernel_route(route):
         yield DEVICE[route]
 
 
+def log_sum_exp(stats):
+    """The log-sum-exp (float64) of the ops' softmax stats (..., 2) = (max, sum): max + log(sum), -inf with no keys."""
+    row_max, row_sum = stats.double().unbind(-1)
+    return torch.where(row_sum > 0, row_max + row_sum.log(), torch.full_like(row_max, float("-inf")))
+
+
 def with_dtypes(values, dtypes):
     """(value, dtype) cases: every pair under MFA_TORCH_FULL_MATRIX=1, else each value once with the dtypes in
     rotation (every value and every dtype still appears)."""

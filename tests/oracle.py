@@ -37,6 +37,7 @@ __all__ = [
     "allowed_mask",
     "bias_fp64",
     "torch_attention_same_dtype",
+    "attention_fp32_in_order",
     "varlen_attention_fp64",
     "flash_to_sdpa",
     "sdpa_to_flash",
@@ -395,6 +396,39 @@ def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(d).any():
         return math.inf
     return d.abs().max().item()
+
+
+def attention_fp32_in_order(q, k, v, grad_out, scale):
+    """Attention forward and backward (out, dq, dk, dv) in float32 arithmetic in a fixed order, identical on every
+    host: each operation rounded to float32 (computed in float64 on float32 values, then rounded), every sum taken
+    from the first term to the last, the softmax backward as PyTorch's (D = rowsum(P * dP)). A yardstick for what
+    float32 itself costs where PyTorch's CPU result depends on the host's BLAS kernels and their summation order.
+    q (..., L, E), k (..., S, E), v (..., S, Ev), grad_out (..., L, Ev); no mask, no causal structure."""
+    r = lambda x: x.float().double()  # noqa: E731  (round to float32)
+
+    def mm(a, b):  # (..., M, K) x (..., K, N), summed over K in order, one rounding per step
+        acc = torch.zeros(*a.shape[:-1], b.shape[-1], dtype=torch.float64)
+        for i in range(a.shape[-1]):
+            acc = r(acc + a[..., :, i:i + 1] * b[..., i:i + 1, :])
+        return acc
+
+    def rowsum(x):
+        acc = torch.zeros(x.shape[:-1], dtype=torch.float64)
+        for i in range(x.shape[-1]):
+            acc = r(acc + x[..., i])
+        return acc
+
+    q, k, v, dO = (r(t.detach()) for t in (q, k, v, grad_out))
+    s = r(mm(q, k.transpose(-1, -2)) * scale)
+    e = r(torch.exp(r(s - s.amax(-1, keepdim=True))))
+    p = r(e / rowsum(e).unsqueeze(-1))
+    out = mm(p, v)
+    dp = mm(dO, v.transpose(-1, -2))
+    ds = r(p * r(dp - rowsum(r(p * dp)).unsqueeze(-1)))
+    dq = r(mm(ds, k) * scale)
+    dk = r(mm(ds.transpose(-1, -2), q) * scale)
+    dv = mm(p.transpose(-1, -2), dO)
+    return tuple(x.float() for x in (out, dq, dk, dv))
 
 
 def tolerance(ref: torch.Tensor, torch_result: Optional[torch.Tensor], dtype: torch.dtype) -> float:

@@ -461,7 +461,7 @@ def _forward(a):
 
 
 def _backward(a):
-    return torch.ops.mfa.attention_backward(a["grad_out"], *(a[n] for n in ("q", "k", "v", "out", "lse")),
+    return torch.ops.mfa.attention_backward(a["grad_out"], *(a[n] for n in ("q", "k", "v", "out", "stats")),
                                             *(a[n] for n in FORWARD_ARGS[3:]), a["mask_grad"])
 
 
@@ -485,13 +485,13 @@ def raw_attention_calls(draw):
              cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, scale=0.5,
              window_left=-1, window_right=-1, bottom_right=varlen, softcap=0.0, dropout_p=0.0, dropout_seed=None)
     op = draw(st.sampled_from(["forward", "backward"]))
-    a.update(grad_out=t(B, Hq, L, Ev), out=t(B, Hq, L, Ev), lse=torch.randn(B, Hq, L), mask_grad=False)
+    a.update(grad_out=t(B, Hq, L, Ev), out=t(B, Hq, L, Ev), stats=torch.randn(B, Hq, L, 2), mask_grad=False)
     mutations = ["rank", "int_dtype", "dtype", "device", "batch", "head_dim", "v_shape", "heads", "alibi_shape",
                  "alibi_dtype", "alibi_device", "one_cu", "window", "scale", "softcap", "dropout", "seed"]
     mutations += ["cu_dtype", "cu_lengths", "cu_start", "cu_beyond", "max_small", "max_negative", "varlen_batch",
                   "mask_with_cu"] if varlen else ["mask_rank", "mask_dtype", "mask_device", "mask_size"]
     if op == "backward":
-        mutations += ["out_shape", "out_dtype", "grad_shape", "grad_dtype", "grad_device", "lse_shape", "lse_dtype",
+        mutations += ["out_shape", "out_dtype", "grad_shape", "grad_dtype", "grad_device", "stats_shape", "stats_dtype",
                       "mask_grad"]
     which = draw(st.sampled_from(mutations))
     side = draw(st.sampled_from(["q", "k"]))
@@ -577,7 +577,7 @@ def raw_attention_calls(draw):
         a["max_seqlen_" + side] = -draw(st.sampled_from([1, 2 ** 40]))
         pattern = "max_seqlen"
     elif which == "varlen_batch":
-        for n in ("q", "k", "v", "grad_out", "out", "lse"):
+        for n in ("q", "k", "v", "grad_out", "out", "stats"):
             a[n] = torch.cat([a[n]] * 2)
         pattern = r"\bq must have batch size 1"
     elif which == "mask_with_cu":
@@ -614,12 +614,12 @@ def raw_attention_calls(draw):
     elif which == "grad_device":
         a["grad_out"] = a["grad_out"].to("meta")
         pattern = "grad_out is on meta"
-    elif which == "lse_shape":
-        a["lse"] = draw(st.sampled_from([torch.randn(B, Hq, L + 1), torch.randn(B * Hq * L), torch.randn(1)]))
-        pattern = "lse must have shape"
-    elif which == "lse_dtype":
-        a["lse"] = a["lse"].to(draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float64])))
-        pattern = "lse must have dtype"
+    elif which == "stats_shape":
+        a["stats"] = draw(st.sampled_from([torch.randn(B, Hq, L), torch.randn(B, Hq, L + 1, 2), torch.randn(1)]))
+        pattern = "stats must have shape"
+    elif which == "stats_dtype":
+        a["stats"] = a["stats"].to(draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float64])))
+        pattern = "stats must have dtype"
     elif which == "mask_grad":
         a["mask_grad"] = True
         if not varlen and draw(st.booleans()):
@@ -751,12 +751,12 @@ def test_raw_backward_checks_cu_seqlens_values_like_the_forward():
     with offsets past the packed tokens reached the kernels, which read and wrote outside q/dq."""
     q, k, v, cu_q, cu_k, max_q, max_k = _varlen_args()
     canonical = [t.transpose(0, 1).unsqueeze(0).contiguous() for t in (q, k, v)]
-    out, lse = torch.ops.mfa.attention_forward(*canonical, None, None, cu_q, cu_k, max_q, max_k, 0.3, -1, -1, True,
-                                               0.0, 0.0, None)
+    out, stats = torch.ops.mfa.attention_forward(*canonical, None, None, cu_q, cu_k, max_q, max_k, 0.3, -1, -1,
+                                                 True, 0.0, 0.0, None)
     bad = torch.tensor([0, 3, 700], dtype=torch.int32)
     for backend in ("reference", "emulator"):
         with mfa_torch.backend(backend):
-            _expect(lambda: torch.ops.mfa.attention_backward(torch.ones_like(out), *canonical, out, lse, None, None,
+            _expect(lambda: torch.ops.mfa.attention_backward(torch.ones_like(out), *canonical, out, stats, None, None,
                                                              bad, cu_k, 700, max_k, 0.3, -1, -1, True, 0.0, 0.0, None,
                                                              False), "cu_seqlens_q")
 

@@ -41,10 +41,10 @@ def test_opcheck_attention_forward(case):
 def test_opcheck_attention_backward(case):
     args = ATTENTION_CASES[case]()
     q, k, v, mask = args[:4]
-    out, lse = torch.ops.mfa.attention_forward(*args)
+    out, stats = torch.ops.mfa.attention_forward(*args)
     mask_grad = mask is not None and mask.requires_grad
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-    backward_args = (torch.randn_like(out), *detached[:3], out.detach(), lse, *detached[3:], mask_grad)
+    backward_args = (torch.randn_like(out), *detached[:3], out.detach(), stats, *detached[3:], mask_grad)
     torch.library.opcheck(torch.ops.mfa.attention_backward.default, backward_args)
 
 
@@ -62,10 +62,10 @@ def test_opcheck_gemm(a_shape, b_shape, bias):
     torch.library.opcheck(torch.ops.mfa.gemm.default, (a, b, c))
 
 
-def test_lse_is_not_differentiable():
+def test_softmax_stats_are_not_differentiable():
     q, k, v = _qkv()
-    out, lse = torch.ops.mfa.attention_forward(*_forward_args(q, k, v))
-    assert out.requires_grad and not lse.requires_grad
+    out, stats = torch.ops.mfa.attention_forward(*_forward_args(q, k, v))
+    assert out.requires_grad and not stats.requires_grad
 
 
 def test_dropout_without_seed_is_rejected():

@@ -26,8 +26,9 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
   Launch delta;
   delta.shader = "attention_backward_delta.metal";
   delta.kernel = "attention_backward_delta";
-  delta.defines = {{"MFA_T", attention_metal_type(prob.dtype, "q")}};
-  delta.threadgroups = {uint64_t(ceil_div(q_rows, 4)), 1, 1};
+  delta.defines = {{"MFA_T", attention_metal_type(prob.dtype, "q")},
+                   {"MFA_VALUE_DIM", std::to_string(round_up(prob.value_dim, 8))}};
+  delta.threadgroups = {uint64_t(ceil_div(q_rows, 32)), 1, 1};  // 4 SIMD-groups of 8 rows
   delta.threads_per_threadgroup = {128, 1, 1};
   delta.arguments = {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_OUT, "out"),
                      tensor_argument(MFA_ATTN_DELTA, "delta"), bytes_argument(MFA_ATTN_PARAMS, params)};
@@ -41,7 +42,7 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
        {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}},
       {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_q);
   dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * sizeof(float);
-  dq.arguments = attention_kernel_arguments(prob, params, "lse", "tile_count_dq");
+  dq.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dq");
   dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
                                            tensor_argument(MFA_ATTN_DELTA, "delta"), tensor_argument(MFA_ATTN_DQ, "dq"),
                                            tensor_argument(MFA_ATTN_DMASK, bound_or_q(mask_grad, "dmask"))});
@@ -53,8 +54,8 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
       prob, "attention_backward_dkdv",
       {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)}},
       {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_kv);
-  dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims + 2) * sizeof(float);
-  dkdv.arguments = attention_kernel_arguments(prob, params, "lse", "tile_count_dkdv");
+  dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims + 3) * sizeof(float);
+  dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
   dkdv.arguments.insert(dkdv.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
                                                tensor_argument(MFA_ATTN_DELTA, "delta"),
                                                tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv")});

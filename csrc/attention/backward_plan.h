@@ -7,7 +7,7 @@
 
 namespace mfa {
 
-// Tensor names the plan binds: the forward's inputs, "out" (the forward output), "lse", "grad_out", and the outputs
+// Tensor names the plan binds: the forward's inputs, "out" (the forward output), "stats", "grad_out", and the outputs
 // "dq", "dk", "dv", plus "dmask" when mask_grad: float32 with the mask's shape and strides, zero-filled by the caller
 // (the kernel writes the score gradient of every (row, key) the band reaches; the mask must have every dim full).
 // Its temporaries: "delta" (B x Hq x Lq float), and with count_tiles "tile_count_dq" and "tile_count_dkdv".

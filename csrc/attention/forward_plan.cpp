@@ -37,7 +37,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   if (split) {
     const int64_t partial_rows = prob.batch * prob.q_heads * prob.q_len * splits;
     plan.temporaries.push_back({"partial_out", "float32", partial_rows * prob.value_dim});
-    plan.temporaries.push_back({"partial_lse", "float32", partial_rows});
+    plan.temporaries.push_back({"partial_stats", "float32", 2 * partial_rows});
   }
   Launch forward = attention_kernel_launch(
       prob, "attention_forward",
@@ -48,7 +48,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   if (prob.count_tiles) {
     plan.temporaries.push_back({"tile_count", "int32", int64_t(query_blocks * prob.kv_heads * sequences * splits)});
   }
-  forward.arguments = attention_kernel_arguments(prob, params, split ? "partial_lse" : "lse", "tile_count");
+  forward.arguments = attention_kernel_arguments(prob, params, split ? "partial_stats" : "stats", "tile_count");
   forward.arguments.push_back(tensor_argument(MFA_ATTN_OUT, split ? "partial_out" : "out"));
   plan.launches.push_back(forward);
 
@@ -60,10 +60,10 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
     combine.threadgroups = {uint64_t(rows), uint64_t(prob.q_heads), uint64_t(sequences)};
     combine.threads_per_threadgroup = {32, 1, 1};
     combine.arguments = {tensor_argument(MFA_ATTN_PARTIAL_OUT, "partial_out"),
-                         tensor_argument(MFA_ATTN_PARTIAL_LSE, "partial_lse"),
+                         tensor_argument(MFA_ATTN_PARTIAL_STATS, "partial_stats"),
                          tensor_argument(MFA_ATTN_CU_Q, bound_or_q(varlen, "cu_seqlens_q")),
                          tensor_argument(MFA_ATTN_OUT, "out"),
-                         tensor_argument(MFA_ATTN_LSE, "lse"),
+                         tensor_argument(MFA_ATTN_STATS, "stats"),
                          bytes_argument(MFA_ATTN_PARAMS, params)};
     plan.launches.push_back(combine);
   }

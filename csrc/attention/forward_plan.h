@@ -8,7 +8,7 @@
 namespace mfa {
 
 // Tensor names the plan binds: "q", "k", "v", "mask", "alibi", "cu_seqlens_q", "cu_seqlens_k", "out" (B, Hq, Lq, Ev)
-// and "lse" (B, Hq, Lq) float32, plus its temporaries. Throws std::invalid_argument for problems the kernels do not
+// and "stats" (B, Hq, Lq, 2) float32 (each row's softmax max and sum), plus its temporaries. Throws std::invalid_argument for problems the kernels do not
 // take (the message names the argument).
 Plan plan_attention_forward(const AttentionProblem& problem);
 

@@ -122,7 +122,7 @@ Launch attention_kernel_launch(const AttentionProblem& p, const std::string& nam
 }
 
 std::vector<Argument> attention_kernel_arguments(const AttentionProblem& p, const AttentionParams& params,
-                                                 const std::string& lse, const std::string& tile_count) {
+                                                 const std::string& stats, const std::string& tile_count) {
   const bool varlen = p.num_sequences > 0;
   return {tensor_argument(MFA_ATTN_Q, "q"),
           tensor_argument(MFA_ATTN_K, "k"),
@@ -131,7 +131,7 @@ std::vector<Argument> attention_kernel_arguments(const AttentionProblem& p, cons
           tensor_argument(MFA_ATTN_ALIBI, bound_or_q(p.has_alibi, "alibi")),
           tensor_argument(MFA_ATTN_CU_Q, bound_or_q(varlen, "cu_seqlens_q")),
           tensor_argument(MFA_ATTN_CU_K, bound_or_q(varlen, "cu_seqlens_k")),
-          tensor_argument(MFA_ATTN_LSE, lse),
+          tensor_argument(MFA_ATTN_STATS, stats),
           bytes_argument(MFA_ATTN_PARAMS, params),
           tensor_argument(MFA_ATTN_TILE_COUNT, bound_or_q(p.count_tiles, tile_count.c_str()))};
 }

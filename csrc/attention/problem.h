@@ -55,11 +55,11 @@ int attention_mask_kind(const AttentionProblem& problem);
 inline std::string bound_or_q(bool present, const char* name) { return present ? name : "q"; }
 
 // What every fused attention kernel (forward, backward dQ and dK/dV) shares: the defines naming the input type, the
-// padded head dims, the mask and the tile counter, and the bindings of q, k, v, mask, ALiBi, cu_seqlens, lse, the
+// padded head dims, the mask and the tile counter, and the bindings of q, k, v, mask, ALiBi, cu_seqlens, stats, the
 // params and the tile counter ("tile_count" when counting, itself a temporary the caller adds).
 std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const AttentionProblem& problem);
 std::vector<Argument> attention_kernel_arguments(const AttentionProblem& problem, const AttentionParams& params,
-                                                 const std::string& lse, const std::string& tile_count);
+                                                 const std::string& stats, const std::string& tile_count);
 
 // A launch of the fused kernel `name` (shaders/<name>.metal): the shared defines plus `defines`, the grid, and
 // threadgroups of `rows` rows (8 per SIMD-group).

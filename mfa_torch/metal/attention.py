@@ -68,17 +68,17 @@ def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_
     B, Hq, L, _ = q.shape
     if cu_seqlens_q is None:
         tensors["out"] = out = q.new_empty(B, Hq, L, v.shape[3])
-        tensors["lse"] = lse = torch.empty(B, Hq, L, dtype=torch.float32, device=q.device)
-    else:  # the kernels write the rows of the sequences only: tokens past cu_seqlens_q[-1] get 0 and lse -inf
+        tensors["stats"] = stats = torch.empty(B, Hq, L, 2, dtype=torch.float32, device=q.device)
+    else:  # the kernels write the rows of the sequences only: tokens past cu_seqlens_q[-1] get 0 and no keys
         tensors["out"] = out = q.new_zeros(B, Hq, L, v.shape[3])
-        tensors["lse"] = lse = torch.full((B, Hq, L), float("-inf"), dtype=torch.float32, device=q.device)
+        tensors["stats"] = stats = torch.tensor([float("-inf"), 0.0], device=q.device).repeat(B, Hq, L, 1)
     temporaries = executors.run(route, plan, tensors, checks)
     if count_tiles:  # a plan without launches (nothing to compute) computed no tiles
-        return out, lse, _tile_count(temporaries, "tile_count")
-    return out, lse
+        return out, stats, _tile_count(temporaries, "tile_count")
+    return out, stats
 
 
-def backward(route, grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+def backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
              max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad,
              *, family=None, count_tiles=False, checks=None):
     """mfa::attention_backward on the Metal route (debug keywords as forward; count_tiles returns the dQ and dK/dV
@@ -87,7 +87,7 @@ def backward(route, grad_out, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_
                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
                                 dropout_seed, family, count_tiles)
     plan = _C.plan_attention_backward(problem, mask_grad)
-    tensors.update(grad_out=grad_out.contiguous(), out=out.contiguous(), lse=lse.contiguous())
+    tensors.update(grad_out=grad_out.contiguous(), out=out.contiguous(), stats=stats.contiguous())
     dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     tensors.update(dq=dq, dk=dk, dv=dv)
     dmask = q.new_empty(0)
