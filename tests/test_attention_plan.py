@@ -75,7 +75,7 @@ def test_the_grid_covers_every_row_exactly_once(batch, kv_heads, group, q_len, k
         assert combine.kernel == "attention_combine" and tuple(combine.threadgroups) == (q_len, p.q_heads, batch)
         partial = {t.name: t.numel for t in plan.temporaries}
         assert partial == {"partial_out": batch * p.q_heads * q_len * splits * head_dim,
-                           "partial_lse": batch * p.q_heads * q_len * splits}
+                           "partial_stats": 2 * batch * p.q_heads * q_len * splits}
     else:
         assert len(plan.launches) == 1 and not plan.temporaries
 
@@ -107,7 +107,7 @@ def test_the_tile_counter_is_a_debug_temporary():
 def test_unused_buffers_are_bound_and_present_ones_by_name():
     plain = _C.plan_attention_forward(problem()).launches[0]
     assert {a.index: a.tensor for a in plain.arguments if a.tensor} == {
-        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "lse", 10: "q"}
+        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q"}
     assert [a.index for a in plain.arguments if not a.tensor] == [9]  # the params struct, as bytes
     full = _C.plan_attention_forward(problem(mask="bool", has_alibi=True)).launches[0]
     assert {a.index: a.tensor for a in full.arguments}[3] == "mask"

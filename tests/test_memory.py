@@ -89,7 +89,7 @@ def test_no_launch_plan_has_an_l_by_s_temporary(family, case):
         (sequences or B)
     rows = B * Hq * L
     assert {t.name: t.numel for t in backward.temporaries} == {"delta": rows}
-    expected = {"partial_out": rows * splits * Ev, "partial_lse": rows * splits} if splits > 1 else {}
+    expected = {"partial_out": rows * splits * Ev, "partial_stats": 2 * rows * splits} if splits > 1 else {}
     assert {t.name: t.numel for t in forward.temporaries} == expected
     if L >= 1024:  # prefill: far below one score per (row, key)
         for t in list(forward.temporaries) + list(backward.temporaries):

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdpa_check import sdpa_check
+from kernel_routes import log_sum_exp
 from oracle import (
     DT_IDS,
     DTYPES,
@@ -476,7 +477,8 @@ def test_hypothesis_normalisation(problem):
 
 def raw_attention_forward(q, k, v, *, scale, p, seed, offset, window=(-1, -1), bottom_right=False):
     """torch.ops.mfa.attention_forward called by argument name (the schema's dropout seed argument is either
-    a (seed, offset) int64 tensor `dropout_seed` or two ints `seed`, `offset`)."""
+    a (seed, offset) int64 tensor `dropout_seed` or two ints `seed`, `offset`); returns out and the lse of its softmax
+    stats."""
     op = torch.ops.mfa.attention_forward
     names = [a.name for a in op.default._schema.arguments]
     kw = dict(q=q, k=k, v=v, mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
@@ -486,7 +488,8 @@ def raw_attention_forward(q, k, v, *, scale, p, seed, offset, window=(-1, -1), b
         kw["dropout_seed"] = torch.tensor([seed, offset], dtype=torch.int64)
     else:
         kw["seed"], kw["offset"] = seed, offset
-    return op(**{n: kw[n] for n in names})
+    out, stats = op(**{n: kw[n] for n in names})
+    return out, log_sum_exp(stats).to(stats.dtype)
 
 
 def test_dropout_zero_equals_no_dropout():

@@ -62,8 +62,8 @@ def computed_tiles(case):
     k, v = (torch.randn(case.B, case.Hk, case.S, case.D, dtype=case.dtype) for _ in range(2))
     args = (None, None, None, None, case.L, case.S, case.D ** -0.5, -1, 0 if case.causal else -1, False, 0.0, 0.0,
             None)
-    out, lse, forward = metal_attention.forward(ROUTE, q, k, v, *args, count_tiles=True)
-    *_, dq, dkdv = metal_attention.backward(ROUTE, torch.randn_like(out), q, k, v, out, lse, *args, False,
+    out, stats, forward = metal_attention.forward(ROUTE, q, k, v, *args, count_tiles=True)
+    *_, dq, dkdv = metal_attention.backward(ROUTE, torch.randn_like(out), q, k, v, out, stats, *args, False,
                                             count_tiles=True)
     return {"attention_forward": int(forward.sum()), "attention_backward_dq": int(dq.sum()),
             "attention_backward_dkdv": int(dkdv.sum())}
