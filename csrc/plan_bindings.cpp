@@ -13,25 +13,30 @@ namespace py = pybind11;
 namespace mfa {
 
 void bind_plans(py::module& m) {
+  // Plans are built by the C++ planners; Python builds only fixed ones (the lane-layout self-test's plan, the
+  // doctor's compile-only launches), which then run through the same executors.
   py::class_<Argument>(m, "Argument")
-      .def_readonly("index", &Argument::index)
-      .def_readonly("tensor", &Argument::tensor)
+      .def(py::init<>())
+      .def_readwrite("index", &Argument::index)
+      .def_readwrite("tensor", &Argument::tensor)
       .def_property_readonly("bytes", [](const Argument& a) { return py::bytes(a.bytes); });
   py::class_<Temporary>(m, "Temporary")
       .def_readonly("name", &Temporary::name)
       .def_readonly("dtype", &Temporary::dtype)
       .def_readonly("numel", &Temporary::numel);
   py::class_<Launch>(m, "Launch")
-      .def_readonly("shader", &Launch::shader)
-      .def_readonly("kernel", &Launch::kernel)
-      .def_readonly("defines", &Launch::defines)
-      .def_readonly("threadgroups", &Launch::threadgroups)
-      .def_readonly("threads_per_threadgroup", &Launch::threads_per_threadgroup)
-      .def_readonly("threadgroup_memory", &Launch::threadgroup_memory)
-      .def_readonly("arguments", &Launch::arguments);
+      .def(py::init<>())
+      .def_readwrite("shader", &Launch::shader)
+      .def_readwrite("kernel", &Launch::kernel)
+      .def_readwrite("defines", &Launch::defines)
+      .def_readwrite("threadgroups", &Launch::threadgroups)
+      .def_readwrite("threads_per_threadgroup", &Launch::threads_per_threadgroup)
+      .def_readwrite("threadgroup_memory", &Launch::threadgroup_memory)
+      .def_readwrite("arguments", &Launch::arguments);
   py::class_<Plan>(m, "Plan")
+      .def(py::init<>())
       .def_readonly("temporaries", &Plan::temporaries)
-      .def_readonly("launches", &Plan::launches);
+      .def_readwrite("launches", &Plan::launches);
 
   py::class_<AttentionProblem>(m, "AttentionProblem")
       .def(py::init<>())

@@ -10,6 +10,7 @@ namespace mfa {
 void set_shader_directory(const std::string& directory);
 
 // The text of `file` under the shader directory with every quoted include inlined once (headers use #pragma once).
+// Throws std::runtime_error naming any file it cannot read (and the file that included it).
 std::string expanded_shader_source(const std::string& file);
 
 }  // namespace mfa

@@ -47,6 +47,7 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
         for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
             _check(cu.dim() == 1 and cu.dtype == torch.int32 and cu.shape[0] >= 2,
                    f"{name} must be a 1-D int32 tensor of length batch + 1 >= 2")
+            _check(cu.device == q.device, f"{name} is on {cu.device} but q is on {q.device}")
         _check(cu_q.shape == cu_k.shape, "cu_seqlens_q and cu_seqlens_k must have the same length")
         _check(max_q >= 0 and max_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0")
     for name, w in (("window_left", left), ("window_right", right)):
@@ -104,8 +105,9 @@ def _attention_backward_fake(grad_out, q, k, v, out, stats, mask, alibi_slopes, 
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad)
-    dmask = torch.empty_like(mask) if mask_grad else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    # Contiguous whatever the inputs' strides, as every kernel returns them.
+    dmask = mask.new_empty(mask.shape) if mask_grad else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
 def _check_gemm_args(a, b, bias):

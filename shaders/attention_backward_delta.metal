@@ -13,6 +13,7 @@ using namespace metal;
 #include "attention_params.h"
 #include "attention_tiles.h"
 
+[[max_total_threads_per_threadgroup(128)]]
 kernel void attention_backward_delta(device const MFA_T* grad_out [[buffer(MFA_ATTN_GRAD_OUT)]],
                                      device const MFA_T* out [[buffer(MFA_ATTN_OUT)]],
                                      device float* delta [[buffer(MFA_ATTN_DELTA)]],
@@ -30,6 +31,7 @@ kernel void attention_backward_delta(device const MFA_T* grad_out [[buffer(MFA_A
   mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + (row0 + r) * p.value_dim, int(r) < valid_rows, p.value_dim,
                                     lane);
   simdgroup_float8x8 products = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
     simdgroup_float8x8 o_t;
     mfa_load_transposed_tile(o_t, out + row0 * p.value_dim, valid_rows, p.value_dim, d, lane);

@@ -19,6 +19,7 @@ using namespace metal;
 
 constant constexpr uint THREADS = MFA_BLOCK_KV / 8 * 32;
 
+[[max_total_threads_per_threadgroup(MFA_BLOCK_KV / 8 * 32)]]
 kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                     device const MFA_T* k [[buffer(MFA_ATTN_K)]],
                                     device const MFA_T* v [[buffer(MFA_ATTN_V)]],
@@ -59,7 +60,9 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   simdgroup_float8x8 dk_tiles[MFA_HEAD_DIM / 8], dv_tiles[MFA_VALUE_DIM / 8];
   mfa_load_row_tiles<MFA_HEAD_DIM>(k_tiles, k + kv_row * p.head_dim, key_valid, p.head_dim, lane);
   mfa_load_row_tiles<MFA_VALUE_DIM>(v_tiles, v + kv_row * p.value_dim, key_valid, p.value_dim, lane);
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dk_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) dv_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   for (uint g = 0; g < G; g++) {
@@ -73,22 +76,24 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
       mfa_stage_rows<MFA_BLOCK_Q, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(
           do_tile, grad_out + (head_base + query0) * p.value_dim, queries, p.value_dim, tid);
       if (tid < MFA_BLOCK_Q) {  // rows past the end attend nothing: 1 / sum = 0 makes their probabilities 0
-        const float2 row = int(tid) < queries ? stats[head_base + query0 + tid] : float2(-INFINITY, 0.0f);
-        softmax_tile[tid] = float2(row.x, attention_inverse_sum(row.y));
+        softmax_tile[tid] = attention_row_softmax(int(tid) < queries ? stats[head_base + query0 + tid] : float2(0.0f));
         delta_tile[tid] = int(tid) < queries ? delta[head_base + query0 + tid] : 0.0f;
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
       for (uint c = 0; c < MFA_BLOCK_Q / 8; c++) {
         simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
           simdgroup_float8x8 q_t;
-          simdgroup_load(q_t, q_tile, MFA_HEAD_DIM, ulong2(c * 8, d * 8), true);
+          // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
+          simdgroup_load(q_t, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, ulong2(0, 0), true);
           simdgroup_multiply_accumulate(s_tile, k_tiles[d], q_t, s_tile);
         }
+        #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
           simdgroup_float8x8 do_t;
-          simdgroup_load(do_t, do_tile, MFA_VALUE_DIM, ulong2(c * 8, d * 8), true);
+          simdgroup_load(do_t, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, ulong2(0, 0), true);
           simdgroup_multiply_accumulate(dp_tile, v_tiles[d], do_t, dp_tile);
         }
         thread float2& s = s_tile.thread_elements();
@@ -98,18 +103,21 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
           const int query = query0 + int(local);
           const AttentionRow row = attention_row(p, sq, seq, head, query, alibi);
           const bool valid = key_valid && query < sq.q_len;
-          const float score = valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
-          const float prob = attention_probability(score, softmax_tile[local].x, softmax_tile[local].y);
+          bool allowed = false;
+          const float score = valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
+          const float prob = attention_probability(score, allowed, softmax_tile[local]);
           const float keep = attention_dropout_factor(p, row, key);
           const float ds = prob * (dp[t] * keep - delta_tile[local]);
           dp[t] = attention_dot_gradient(ds, s[t], p);
           s[t] = prob * keep;
         }
+        #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
           simdgroup_float8x8 do_rows;
           simdgroup_load(do_rows, do_tile, MFA_VALUE_DIM, ulong2(d * 8, c * 8));
           simdgroup_multiply_accumulate(dv_tiles[d], s_tile, do_rows, dv_tiles[d]);
         }
+        #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
           simdgroup_float8x8 q_rows;
           simdgroup_load(q_rows, q_tile, MFA_HEAD_DIM, ulong2(d * 8, c * 8));

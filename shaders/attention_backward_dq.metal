@@ -18,6 +18,7 @@ using namespace metal;
 
 constant constexpr uint THREADS = MFA_BLOCK_Q / 8 * 32;
 
+[[max_total_threads_per_threadgroup(MFA_BLOCK_Q / 8 * 32)]]
 kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                   device const MFA_T* k [[buffer(MFA_ATTN_K)]],
                                   device const MFA_T* v [[buffer(MFA_ATTN_V)]],
@@ -55,13 +56,13 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                          alibi);
   const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
   const long kv_base = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first;
-  const float2 row_stats = row_valid ? stats[q_row] : float2(-INFINITY, 0.0f);
-  const float row_inverse_sum = attention_inverse_sum(row_stats.y);
+  const float2 row_softmax = attention_row_softmax(row_valid ? stats[q_row] : float2(0.0f));
   const float row_delta = row_valid ? delta[q_row] : 0.0f;
 
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], do_tiles[MFA_VALUE_DIM / 8], dq_tiles[MFA_HEAD_DIM / 8];
   mfa_load_row_tiles<MFA_HEAD_DIM>(q_tiles, q + q_row * p.head_dim, row_valid, p.head_dim, lane);
   mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane);
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   for (int block = block_begin; block < block_end; block++) {
@@ -75,22 +76,26 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+      #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
         simdgroup_float8x8 k_t;
-        simdgroup_load(k_t, k_tile, MFA_HEAD_DIM, ulong2(j * 8, d * 8), true);
+        // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
+        simdgroup_load(k_t, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, ulong2(0, 0), true);
         simdgroup_multiply_accumulate(s_tile, q_tiles[d], k_t, s_tile);
       }
+      #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
         simdgroup_float8x8 v_t;
-        simdgroup_load(v_t, v_tile, MFA_VALUE_DIM, ulong2(j * 8, d * 8), true);
+        simdgroup_load(v_t, v_tile + j * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, ulong2(0, 0), true);
         simdgroup_multiply_accumulate(dp_tile, do_tiles[d], v_t, dp_tile);
       }
       thread float2& s = s_tile.thread_elements();
       thread float2& dp = dp_tile.thread_elements();
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
-        const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
-        const float prob = attention_probability(score, row_stats.x, row_inverse_sum);
+        bool allowed = false;
+        const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
+        const float prob = attention_probability(score, allowed, row_softmax);
         const float ds = prob * (dp[t] * attention_dropout_factor(p, row, key) - row_delta);
 #if MFA_MASK_GRAD
         if (row_valid && key < sq.kv_len) {
@@ -100,6 +105,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #endif
         s[t] = attention_dot_gradient(ds, s[t], p);
       }
+      #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
         simdgroup_float8x8 k_rows;
         simdgroup_load(k_rows, k_tile, MFA_HEAD_DIM, ulong2(d * 8, j * 8));

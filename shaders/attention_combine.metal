@@ -2,12 +2,19 @@
 // attention_forward wrote with MFA_SPLIT_KV into the final output and stats.
 //
 // Grid: x = query position (up to the longest sequence), y = query head, z = batch (or sequence); one SIMD-group
-// per row, its lanes striding over the value dim. Splits that saw no allowed key carry stats (-inf, 0) and weigh 0.
+// per row, its lanes striding over the value dim. Splits with sum 0 (no allowed key, or scores that held a NaN) carry
+// stats (-inf, 0) and weigh 0; their max enters no arithmetic (attention_scores.h: fast math).
 #include <metal_stdlib>
 using namespace metal;
 #include "attention_params.h"
 #include "attention_scores.h"
 
+// A split's sum rescaled to the row's max (the forward's own correction); 0 for a split with sum 0.
+inline float split_weight(float2 split, float row_max) {
+  return split.y > 0.0f ? split.y * attention_exp(split.x, row_max) : 0.0f;
+}
+
+[[max_total_threads_per_threadgroup(32)]]
 kernel void attention_combine(device const float* partial_out [[buffer(MFA_ATTN_PARTIAL_OUT)]],
                               device const float2* partial_stats [[buffer(MFA_ATTN_PARTIAL_STATS)]],
                               device const int* cu_q [[buffer(MFA_ATTN_CU_Q)]],
@@ -27,29 +34,22 @@ kernel void attention_combine(device const float* partial_out [[buffer(MFA_ATTN_
   const long row = (long(tensor_batch) * p.q_heads + group.y) * p.q_len + q_first + group.x;
   const long first = row * p.num_splits;
 
-  // The row's max is the largest split max; each split's sum is rescaled to it (the forward's own correction).
-  float row_max = -INFINITY;
-  for (uint s = 0; s < p.num_splits; s++) row_max = max(row_max, partial_stats[first + s].x);
-  if (row_max == -INFINITY) {  // no split attended any key: 0, unless a split's scores held a NaN (its stats are
-    // (-inf, 0) too, and its partial output NaN): 0 x partial keeps that NaN, as the unsplit kernel's output keeps it
-    for (uint d = lane; d < p.value_dim; d += 32) {
-      float acc = 0.0f;
-      for (uint s = 0; s < p.num_splits; s++) acc += 0.0f * partial_out[(first + s) * p.value_dim + d];
-      out[row * p.value_dim + d] = MFA_T(acc);
-    }
-    if (lane == 0) stats[row] = float2(-INFINITY, 0.0f);
-    return;
+  // The row's max is the largest max of the splits with a sum; a row no split attended keeps sum 0 and gets 0.
+  float row_max = MFA_MASKED_SCORE;
+  for (uint s = 0; s < p.num_splits; s++) {
+    const float2 split = partial_stats[first + s];
+    if (split.y > 0.0f) row_max = max(row_max, split.x);
   }
   float row_sum = 0.0f;
-  for (uint s = 0; s < p.num_splits; s++) row_sum += partial_stats[first + s].y * attention_exp(partial_stats[first + s].x, row_max);
+  for (uint s = 0; s < p.num_splits; s++) row_sum += split_weight(partial_stats[first + s], row_max);
   const float inv_sum = attention_inverse_sum(row_sum);
   for (uint d = lane; d < p.value_dim; d += 32) {
+    // weight 0 x a NaN partial (a split whose scores held a NaN) keeps the NaN, as the unsplit kernel's output does
     float acc = 0.0f;
     for (uint s = 0; s < p.num_splits; s++) {
-      const float2 split = partial_stats[first + s];
-      acc += split.y * attention_exp(split.x, row_max) * partial_out[(first + s) * p.value_dim + d];
+      acc += split_weight(partial_stats[first + s], row_max) * partial_out[(first + s) * p.value_dim + d];
     }
     out[row * p.value_dim + d] = MFA_T(acc * inv_sum);
   }
-  if (lane == 0) stats[row] = float2(row_max, row_sum);
+  if (lane == 0) stats[row] = attention_stats(row_max, row_sum);
 }

@@ -28,7 +28,9 @@ using namespace metal;
 constant constexpr uint SIMDGROUPS = MFA_BLOCK_Q / 8;
 constant constexpr uint THREADS = SIMDGROUPS * 32;
 constant constexpr uint TILE_STRIDE = MFA_HEAD_DIM > MFA_VALUE_DIM ? MFA_HEAD_DIM : MFA_VALUE_DIM;
+static_assert(MFA_BLOCK_K <= 128, "allowed_keys holds the 2 keys of each 8-key tile of a block in one uint");
 
+[[max_total_threads_per_threadgroup(MFA_BLOCK_Q / 8 * 32)]]
 kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               device const MFA_T* k [[buffer(MFA_ATTN_K)]],
                               device const MFA_T* v [[buffer(MFA_ATTN_V)]],
@@ -71,13 +73,15 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], o_tiles[MFA_VALUE_DIM / 8];
   mfa_load_row_tiles<MFA_HEAD_DIM>(q_tiles, q + q_row * p.head_dim, row_valid, p.head_dim, lane);
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   // Online softmax; every lane tracks its own row (the 4 lanes of a row hold equal copies). Scores and the running max
   // stay in natural units and only the difference from the max goes to base 2 (exp2((s - max) * log2 e)): converting
   // the scores themselves would round each one by |s| * 2^-24, independently, and the backward (which recomputes
   // exp(s - lse) from the same scores) would then disagree with this forward by that much per element.
-  float row_max = -INFINITY, row_sum = 0.0f;
+  // Until its first allowed key a row has sum 0 and max MFA_MASKED_SCORE (attention_scores.h: no infinities).
+  float row_max = MFA_MASKED_SCORE, row_sum = 0.0f;
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile is consumed
@@ -86,31 +90,37 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
     simdgroup_float8x8 s_tiles[MFA_BLOCK_K / 8];
-    float block_max = -INFINITY;
+    float block_max = MFA_MASKED_SCORE;
+    uint allowed_keys = 0;  // bit 2 j + t: this lane's key j * 8 + tile_col + t may be attended
+    #pragma clang loop unroll(full)
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+      #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
         simdgroup_float8x8 k_t;
-        simdgroup_load(k_t, kv_tile, TILE_STRIDE, ulong2(j * 8, d * 8), true);
+        // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
+        simdgroup_load(k_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, ulong2(0, 0), true);
         simdgroup_multiply_accumulate(s_tiles[j], q_tiles[d], k_t, s_tiles[j]);
       }
       thread float2& s = s_tiles[j].thread_elements();
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
-        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, MFA_MASK_KIND) : -INFINITY;
+        bool allowed = false;
+        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
+        allowed_keys |= uint(allowed) << (2 * j + t);
         block_max = max(block_max, s[t]);
       }
     }
     block_max = max(block_max, simd_shuffle_xor(block_max, ushort(1)));
     block_max = max(block_max, simd_shuffle_xor(block_max, ushort(8)));
     const float new_max = max(row_max, block_max);
-    // A row that has seen no allowed key keeps max -inf: shift by 0 so exp2 gives 0, never inf - inf.
-    const float shift = new_max == -INFINITY ? 0.0f : new_max;
-    const float correction = attention_exp(row_max, shift);
+    // Before its first allowed key a row has nothing to rescale, and its max is no score.
+    const float correction = row_sum > 0.0f ? attention_exp(row_max, new_max) : 0.0f;
     float block_sum = 0.0f;
+    #pragma clang loop unroll(full)
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       thread float2& s = s_tiles[j].thread_elements();
-      for (uint t = 0; t < 2; t++) s[t] = attention_exp(s[t], shift);
+      for (uint t = 0; t < 2; t++) s[t] = (allowed_keys >> (2 * j + t)) & 1u ? attention_exp(s[t], new_max) : 0.0f;
       block_sum += s.x + s.y;
       // the softmax sum counts every probability; dropout only decides which ones reach the output
       for (uint t = 0; t < 2; t++) s[t] *= attention_dropout_factor(p, row, key0 + int(j * 8 + tile_col + t));
@@ -119,13 +129,16 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     block_sum += simd_shuffle_xor(block_sum, ushort(8));
     row_sum = row_sum * correction + block_sum;
     row_max = new_max;
+    #pragma clang loop unroll(full)
     for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
 
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every SIMD-group is done with the K tile
     mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, TILE_STRIDE, THREADS>(kv_tile, v + (kv_base + key0) * p.value_dim, keys,
                                                                      p.value_dim, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
+    #pragma clang loop unroll(full)
     for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
+      #pragma clang loop unroll(full)
       for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
         simdgroup_float8x8 v_t;
         simdgroup_load(v_t, kv_tile, TILE_STRIDE, ulong2(d * 8, j * 8));
@@ -146,5 +159,5 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const long out_row = q_row;
 #endif
   mfa_store_row_tiles<MFA_VALUE_DIM>(out + out_row * p.value_dim, o_tiles, inv_sum, p.value_dim, lane);
-  if (tile_col == 0) stats[out_row] = inv_sum > 0.0f ? float2(row_max, row_sum) : float2(-INFINITY, 0.0f);
+  if (tile_col == 0) stats[out_row] = attention_stats(row_max, row_sum);
 }

@@ -5,6 +5,18 @@
 #include "attention_params.h"
 #include "dropout_rng.h"
 
+// Fast math (PYTORCH_MPS_FAST_MATH=1) lets the compiler assume that no value is infinite or NaN, and fold comparisons
+// with them. So the kernels compare with no infinity: whether a row may attend a key is a flag, a key it may not
+// attend has the finite score MFA_MASKED_SCORE, and a row that attended nothing is told by its sum 0. The infinities
+// that are data (a -inf float mask entry, the stats (-inf, 0) of such a row) are read and written as bits.
+constant constexpr float MFA_MASKED_SCORE = -FLT_MAX;  // no finite score is lower, so max() ignores it
+constant constexpr uint MFA_MINUS_INFINITY_BITS = 0xff800000u;
+
+// Whether a float mask entry is -inf (the key is masked out), from its bits in the mask's own type.
+inline bool attention_masks_out(float m) { return as_type<uint>(m) == MFA_MINUS_INFINITY_BITS; }
+inline bool attention_masks_out(half m) { return as_type<ushort>(m) == ushort(0xfc00); }
+inline bool attention_masks_out(bfloat m) { return as_type<ushort>(m) == ushort(0xff80); }
+
 // One sequence of the call: its first q/k token in the tensors and its lengths (varlen: from cu_seqlens).
 struct AttentionSequence {
   long q_first, k_first;
@@ -64,23 +76,30 @@ inline bool attention_allowed(constant AttentionParams& p, thread const Attentio
          (p.window_right < 0 || key <= row.diagonal + p.window_right);
 }
 
-// Score in natural-log units from the raw dot product q . k; -inf for keys the row may not attend.
+// Score in natural-log units from the raw dot product q . k, and whether the row may attend `key` at all (`allowed`:
+// false for the causal/window structure, a false bool mask entry or a -inf float one; the score is then
+// MFA_MASKED_SCORE).
 template <typename MaskT>
 inline float attention_score(float dot, constant AttentionParams& p, thread const AttentionRow& row, int key,
-                             int kv_len, device const MaskT* mask, int mask_kind) {
-  if (!attention_allowed(p, row, key, kv_len)) return -INFINITY;
+                             int kv_len, device const MaskT* mask, thread bool& allowed) {
+  allowed = false;
+  if (!attention_allowed(p, row, key, kv_len)) return MFA_MASKED_SCORE;
   float s = dot * p.scale;
   if (p.softcap > 0.0f) s = p.softcap * metal::precise::tanh(s / p.softcap);
   s -= row.slope * metal::abs(float(row.diagonal - key));
-  if (mask_kind != MFA_MASK_NONE) {
-    const long at = long(row.batch) * p.mask_strides[0] + long(row.head) * p.mask_strides[1] +
-                    long(row.query) * p.mask_strides[2] + long(key) * p.mask_strides[3];
-    if (mask_kind == MFA_MASK_BOOL) {
-      if (!bool(mask[at])) return -INFINITY;
-    } else {
-      s += float(mask[at]);
-    }
-  }
+  // The mask kind is chosen by the preprocessor, so no other kind's conversion (bool of a bfloat) is ever compiled.
+#if MFA_MASK_KIND != MFA_MASK_NONE
+  const long at = long(row.batch) * p.mask_strides[0] + long(row.head) * p.mask_strides[1] +
+                  long(row.query) * p.mask_strides[2] + long(key) * p.mask_strides[3];
+#if MFA_MASK_KIND == MFA_MASK_BOOL
+  if (!bool(mask[at])) return MFA_MASKED_SCORE;
+#else
+  const MaskT m = mask[at];
+  if (attention_masks_out(m)) return MFA_MASKED_SCORE;
+  s += float(m);
+#endif
+#endif
+  allowed = true;
   return s;
 }
 
@@ -104,9 +123,23 @@ inline float attention_exp(float score, float shift) { return metal::exp2((score
 // 1 / l, and 0 for rows that attend nothing (l = 0) or whose scores hold a NaN (l NaN).
 inline float attention_inverse_sum(float sum) { return sum > 0.0f ? 1.0f / sum : 0.0f; }
 
-// Softmax probability of a score given its row's max and 1 / sum; 0 for masked scores and rows that attend nothing.
-inline float attention_probability(float score, float row_max, float inverse_sum) {
-  return score == -INFINITY || inverse_sum == 0.0f ? 0.0f : attention_exp(score, row_max) * inverse_sum;
+// The stats a row writes: (max, sum), or (-inf, 0) for a row that attended nothing or whose scores held a NaN (sum
+// not > 0; the op's contract, README "stats"). Selected as bits: fast math may drop the infinite arm of a float select.
+inline float2 attention_stats(float row_max, float row_sum) {
+  const uint2 no_key = uint2(MFA_MINUS_INFINITY_BITS, 0u);
+  return as_type<float2>(row_sum > 0.0f ? as_type<uint2>(float2(row_max, row_sum)) : no_key);
+}
+
+// A row's stats as the backward reads them: (max, 1 / sum), and (0, 0) for rows with sum 0 (their max is -inf), so no
+// infinity enters the arithmetic.
+inline float2 attention_row_softmax(float2 stats) {
+  return stats.y > 0.0f ? float2(stats.x, 1.0f / stats.y) : float2(0.0f);
+}
+
+// Softmax probability of a score given its row's (max, 1 / sum); 0 for keys the row may not attend and rows that
+// attend nothing.
+inline float attention_probability(float score, bool allowed, float2 row_softmax) {
+  return !allowed || row_softmax.y == 0.0f ? 0.0f : attention_exp(score, row_softmax.x) * row_softmax.y;
 }
 
 // Gradient with respect to the raw dot product q . k from ds, the gradient of the score (after softcap, where ALiBi

@@ -1,5 +1,7 @@
 // Tile primitives shared by the attention kernels: where a lane's elements sit in an 8x8 simdgroup_matrix, staging
 // a block of rows through threadgroup memory as float, and loading one row per lane straight into register tiles.
+// Loops over register tiles (trip count a compile-time constant) are fully unrolled, here and in the kernels: an
+// array indexed by the counter of a rolled loop is kept in memory instead of registers.
 #pragma once
 #include <metal_stdlib>
 
@@ -22,6 +24,7 @@ inline void mfa_stage_rows(threadgroup float* tile, device const T* src, int row
 template <uint DIM, typename T>
 inline void mfa_load_row_tiles(thread metal::simdgroup_float8x8* tiles, device const T* row, bool valid, uint cols,
                                ushort lane) {
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < DIM / 8; d++) {
     thread float2& e = tiles[d].thread_elements();
     const uint c = d * 8 + mfa_tile_col(lane);
@@ -34,6 +37,7 @@ inline void mfa_load_row_tiles(thread metal::simdgroup_float8x8* tiles, device c
 template <uint DIM, typename T>
 inline void mfa_store_row_tiles(device T* row, thread metal::simdgroup_float8x8* tiles, float factor, uint cols,
                                 ushort lane) {
+  #pragma clang loop unroll(full)
   for (uint d = 0; d < DIM / 8; d++) {
     const float2 e = tiles[d].thread_elements() * factor;
     const uint c = d * 8 + mfa_tile_col(lane);

@@ -4,6 +4,7 @@
 // of A (MFA_BLOCK_M x MFA_BLOCK_K) and B (MFA_BLOCK_K x MFA_BLOCK_N) is staged through threadgroup memory as float,
 // zero past the matrix edges, so any M, N, K and any element strides (transposes, broadcast batches) take one
 // code path; each SIMD-group of the MFA_GEMM_SIMDGROUPS_M x _N grid keeps its sub-tile of C in registers.
+// The loops over its tiles are fully unrolled: an array indexed by the counter of a rolled loop lives in memory.
 // gemm_reduce (split-K only): one thread per element of C sums the partials of every split in order, so the result
 // is deterministic, and applies the epilogue.
 //
@@ -45,6 +46,7 @@ inline void store_output(device MFA_T* c, device const MFA_T* bias, constant Gem
   c[index] = MFA_T(sum);
 }
 
+[[max_total_threads_per_threadgroup(MFA_GEMM_SIMDGROUPS_M * MFA_GEMM_SIMDGROUPS_N * 32)]]
 kernel void gemm(device const MFA_T* a [[buffer(MFA_GEMM_A)]],
                  device const MFA_T* b [[buffer(MFA_GEMM_B)]],
                  device const MFA_T* bias [[buffer(MFA_GEMM_BIAS)]],
@@ -64,7 +66,9 @@ kernel void gemm(device const MFA_T* a [[buffer(MFA_GEMM_A)]],
 
   const uint sg_row = sg / MFA_GEMM_SIMDGROUPS_N * SG_M, sg_col = sg % MFA_GEMM_SIMDGROUPS_N * SG_N;
   simdgroup_float8x8 acc[SG_M / 8][SG_N / 8];
+  #pragma clang loop unroll(full)
   for (uint i = 0; i < SG_M / 8; i++) {
+    #pragma clang loop unroll(full)
     for (uint j = 0; j < SG_N / 8; j++) acc[i][j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
   }
 
@@ -80,9 +84,13 @@ kernel void gemm(device const MFA_T* a [[buffer(MFA_GEMM_A)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint kk = 0; kk < MFA_BLOCK_K; kk += 8) {
       simdgroup_float8x8 a_frag[SG_M / 8], b_frag[SG_N / 8];
+      #pragma clang loop unroll(full)
       for (uint i = 0; i < SG_M / 8; i++) simdgroup_load(a_frag[i], a_tile, MFA_BLOCK_K, ulong2(kk, sg_row + i * 8));
+      #pragma clang loop unroll(full)
       for (uint j = 0; j < SG_N / 8; j++) simdgroup_load(b_frag[j], b_tile, MFA_BLOCK_N, ulong2(sg_col + j * 8, kk));
+      #pragma clang loop unroll(full)
       for (uint i = 0; i < SG_M / 8; i++) {
+        #pragma clang loop unroll(full)
         for (uint j = 0; j < SG_N / 8; j++) simdgroup_multiply_accumulate(acc[i][j], a_frag[i], b_frag[j], acc[i][j]);
       }
     }
@@ -96,9 +104,11 @@ kernel void gemm(device const MFA_T* a [[buffer(MFA_GEMM_A)]],
 #else
   const long plane = long(batch) * p.m;
 #endif
+  #pragma clang loop unroll(full)
   for (uint i = 0; i < SG_M / 8; i++) {
     const uint row = sg_row + i * 8 + tile_row;
     if (row >= rows) continue;
+    #pragma clang loop unroll(full)
     for (uint j = 0; j < SG_N / 8; j++) {
       const float2 e = acc[i][j].thread_elements();
       for (uint t = 0; t < 2; t++) {
@@ -117,6 +127,7 @@ kernel void gemm(device const MFA_T* a [[buffer(MFA_GEMM_A)]],
 
 // Split-K only: a launch covers batch * M * N threads exactly in a 1-D grid (the plan splits only outputs with few
 // tiles, far below 2^32 elements).
+[[max_total_threads_per_threadgroup(MFA_GEMM_REDUCE_THREADS)]]
 kernel void gemm_reduce(device const float* partial [[buffer(MFA_GEMM_PARTIAL)]],
                         device const MFA_T* bias [[buffer(MFA_GEMM_BIAS)]],
                         device MFA_T* c [[buffer(MFA_GEMM_C)]],

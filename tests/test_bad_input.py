@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mfa_torch  # noqa: E402
 
@@ -127,6 +128,7 @@ VARLEN_CASES = [
     ("cu_k_exceeds_total", lambda: va(ck=cu(0, 4, 10)), r"cu_seqlens_k"),
     ("cu_q_too_short", lambda: va(cq=cu(0), ck=cu(0)), r"cu_seqlens"),
     ("cu_q_2d", lambda: va(cq=cu(0, 3, 7).view(1, 3)), r"cu_seqlens_q"),
+    ("cu_k_device", lambda: va(ck=cu(0, 4, 9).to("meta")), r"cu_seqlens_k is on meta but q is on cpu"),
     ("q_rank4", lambda: va(q=t(1, 7, 2, 8)), r"(?i)\bq\b|rank|dim"),
     ("heads_not_divisible", lambda: va(q=t(7, 3, 8)), r"(?i)head"),
     ("dtype_v", lambda: va(v=t(9, 2, 8, dtype=torch.float16)), r"(?i)dtype"),
@@ -144,6 +146,43 @@ def test_varlen_bad_input(thunk, pattern):
         return
     with pytest.raises(ERR, match=pattern):
         thunk()
+
+
+def _raw_varlen_args(op, device, cu_q_device, cu_k_device):
+    """Arguments of mfa::attention_forward or attention_backward for two packed sequences, the offsets on their own
+    devices."""
+    q, k, v = (torch.zeros(1, 2, n, 8, device=device) for n in (7, 9, 9))
+    cu_q = torch.tensor([0, 3, 7], dtype=torch.int32, device=cu_q_device)
+    cu_k = torch.tensor([0, 4, 9], dtype=torch.int32, device=cu_k_device)
+    forward = (q, k, v, None, None, cu_q, cu_k, 4, 5, 0.3, -1, -1, True, 0.0, 0.0, None)
+    if op == "attention_forward":
+        return forward
+    out, stats = q.new_zeros(1, 2, 7, 8), q.new_zeros(1, 2, 7, 2)
+    return (out, q, k, v, out, stats, *forward[3:], False)
+
+
+RAW_ATTENTION_OPS = ["attention_forward", "attention_backward"]
+
+
+@pytest.mark.parametrize("op", RAW_ATTENTION_OPS)
+@pytest.mark.parametrize("wrong", ["cu_seqlens_q", "cu_seqlens_k"])
+def test_raw_ops_reject_cu_seqlens_on_another_device_than_q(op, wrong):
+    """MPS queries with CPU offsets fail at the op, naming the argument and both devices, not deep in the encoder.
+    Fake tensors stand in for MPS ones (the fake kernels run the same checks as the real ones)."""
+    devices = ["cpu" if name == wrong else "mps" for name in ("cu_seqlens_q", "cu_seqlens_k")]
+    with FakeTensorMode():
+        args = _raw_varlen_args(op, "mps", *devices)
+        with pytest.raises(ValueError, match=rf"{wrong} is on cpu but q is on mps"):
+            getattr(torch.ops.mfa, op)(*args)
+
+
+@pytest.mark.parametrize("op", RAW_ATTENTION_OPS)
+def test_real_kernels_check_the_cu_seqlens_device(op):
+    """The CPU kernel itself (redispatched past the meta kernel that mixed devices select) with offsets on the meta
+    device: a clear error before it tries to read them."""
+    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    with pytest.raises(ValueError, match=r"cu_seqlens_k is on meta but q is on cpu"):
+        getattr(torch.ops.mfa, op).default.redispatch(cpu, *_raw_varlen_args(op, "cpu", "cpu", "meta"))
 
 
 MATMUL_CASES = [

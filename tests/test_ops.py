@@ -1,6 +1,7 @@
 """The op layer: schemas, fake kernels, autograd registration and torch.compile, checked by opcheck."""
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mfa_torch  # noqa: F401  (registers the ops)
 
@@ -46,6 +47,24 @@ def test_opcheck_attention_backward(case):
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     backward_args = (torch.randn_like(out), *detached[:3], out.detach(), stats, *detached[3:], mask_grad)
     torch.library.opcheck(torch.ops.mfa.attention_backward.default, backward_args)
+
+
+def test_fake_backward_gradients_are_contiguous_like_the_kernels():
+    """The kernels return dense gradients whatever the inputs' strides; the fake kernel must promise the same
+    strides, or torch.compile plans the graph around a layout the op does not produce."""
+    B, Hq, Hk, L, S, E, Ev = 2, 4, 2, 9, 11, 8, 6
+    strided = lambda b, x, h, y: torch.randn(b, x, h, y).transpose(1, 2)  # noqa: E731  (B, H, X, Y), not contiguous
+    q, k, v = strided(B, L, Hq, E), strided(B, S, Hk, E), strided(B, S, Hk, Ev)
+    args = _forward_args(q, k, v, mask=torch.randn(B, Hq, S, L).transpose(2, 3))
+    out, stats = torch.ops.mfa.attention_forward(*args)
+    backward_args = (strided(B, L, Hq, Ev), q, k, v, out, stats, *args[3:], True)
+    real = torch.ops.mfa.attention_backward(*backward_args)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.mfa.attention_backward(
+            *(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in backward_args))
+    for name, r, f in zip(("dq", "dk", "dv", "dmask"), real, fake):
+        assert r.is_contiguous() and f.is_contiguous(), name
+        assert (f.shape, f.stride(), f.dtype) == (r.shape, r.stride(), r.dtype), name
 
 
 @pytest.mark.parametrize("a_shape,b_shape,bias", [

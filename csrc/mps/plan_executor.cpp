@@ -1,11 +1,14 @@
 #include "mps/plan_executor.h"
 
+#include <ATen/mps/MPSProfiler.h>
 #include <ATen/native/mps/MetalShaderLibrary.h>
 
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <unordered_set>
 
+#include "mps/compile_options.h"
 #include "shader_source.h"
 
 namespace mfa {
@@ -14,11 +17,20 @@ namespace {
 using at::native::mps::MetalKernelFunction;
 using at::native::mps::MetalShaderLibrary;
 
-// One compiled library per variant (shader + defines), one pipeline per kernel name; compiled on first use, once,
-// also under concurrent calls (the mutex covers compilation: PyTorch's library cache is not thread-safe everywhere).
+// What one launch encodes with: a MetalKernelFunction of its own (the object holds the encoder it was started with,
+// so sharing one across launches would race if PyTorch ran several MPS streams), and the name torch.mps.profiler
+// shows for the kernel variant. The profiler keys kernels by address: the name's address is stable per variant.
+struct Kernel {
+  std::shared_ptr<MetalKernelFunction> function;
+  const std::string* profiler_name;
+};
+
+// One compiled library per variant (shader + defines), compiled on first use, once, also under concurrent calls.
+// The library caches each kernel's pipeline; getKernelFunction wraps the cached pipeline in a new function object.
+// The mutex covers both: PyTorch's library caches are not thread-safe.
 class VariantCache {
  public:
-  std::shared_ptr<MetalKernelFunction> kernel(const Launch& launch) {
+  Kernel kernel(const Launch& launch) {
     std::string key = launch.shader;
     std::string prelude;
     for (const auto& [name, value] : launch.defines) {
@@ -26,19 +38,19 @@ class VariantCache {
       prelude += "#define " + name + " " + value + "\n";
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    auto& function = functions_[key + ":" + launch.kernel];
-    if (!function) {
-      auto& library = libraries_[key];
-      if (!library) library = std::make_unique<MetalShaderLibrary>(prelude + expanded_shader_source(launch.shader));
-      function = library->getKernelFunction(launch.kernel);
+    auto& library = libraries_[key];
+    if (!library) {
+      library = std::make_unique<MetalShaderLibrary>(prelude + expanded_shader_source(launch.shader), 0,
+                                                     metal_compile_options());
     }
-    return function;
+    const auto name = profiler_names_.insert("mfa_torch::" + launch.kernel + "[" + key + "]").first;  // nodes stay put
+    return {library->getKernelFunction(launch.kernel), &*name};
   }
 
  private:
   std::mutex mutex_;
   std::unordered_map<std::string, std::unique_ptr<MetalShaderLibrary>> libraries_;
-  std::unordered_map<std::string, std::shared_ptr<MetalKernelFunction>> functions_;
+  std::unordered_set<std::string> profiler_names_;
 };
 
 VariantCache& variant_cache() {
@@ -61,8 +73,9 @@ void run_plan_on_mps(const Plan& plan, const std::unordered_map<std::string, at:
       if (it == tensors.end()) throw std::invalid_argument("launch plan names an unknown tensor: " + argument.tensor);
       bound.push_back(&it->second);
     }
-    auto function = variant_cache().kernel(launch);
-    const uint64_t limit = function->getMaxThreadsPerThreadgroup();
+    const Kernel kernel = variant_cache().kernel(launch);
+    MetalKernelFunction& function = *kernel.function;
+    const uint64_t limit = function.getMaxThreadsPerThreadgroup();
     const auto& size = launch.threads_per_threadgroup;
     if (size[0] * size[1] * size[2] > limit) {
       throw std::runtime_error("mfa_torch: kernel " + launch.kernel + " needs " +
@@ -71,20 +84,30 @@ void run_plan_on_mps(const Plan& plan, const std::unordered_map<std::string, at:
     }
     const std::array<uint64_t, 3> threads = {launch.threadgroups[0] * size[0], launch.threadgroups[1] * size[1],
                                              launch.threadgroups[2] * size[2]};
-    function->runCommandBlock([&] {
-      function->startEncoding();
+    std::vector<at::Tensor> profiled;
+    for (const at::Tensor* tensor : bound) {
+      if (tensor) profiled.push_back(*tensor);
+    }
+    function.runCommandBlock([&] {
+      // No-ops unless torch.mps.profiler (or PYTORCH_MPS_LOG_PROFILE_INFO) is on, as around PyTorch's own kernels.
+      auto& profiler = at::mps::getMPSProfiler();
+      profiler.beginProfileKernel(kernel.profiler_name, *kernel.profiler_name, profiled);
+      function.startEncoding();
       for (size_t i = 0; i < launch.arguments.size(); i++) {
         const Argument& argument = launch.arguments[i];
         if (bound[i]) {
-          function->setArg(argument.index, *bound[i]);
+          function.setArg(argument.index, *bound[i]);
         } else {
-          function->setArg(argument.index, argument.bytes.data(), argument.bytes.size());
+          function.setArg(argument.index, argument.bytes.data(), argument.bytes.size());
         }
       }
       // dispatch() takes the total thread count (dispatchThreads); the plan's grid is a whole number of groups.
-      function->dispatch(c10::ArrayRef<uint64_t>(threads.data(), 3), c10::ArrayRef<uint64_t>(size.data(), 3));
+      function.dispatch(c10::ArrayRef<uint64_t>(threads.data(), 3), c10::ArrayRef<uint64_t>(size.data(), 3));
+      profiler.endProfileKernel(kernel.profiler_name);
     });
   }
 }
+
+void compile_launch_on_mps(const Launch& launch) { variant_cache().kernel(launch); }
 
 }  // namespace mfa

@@ -14,4 +14,8 @@ namespace mfa {
 // tensors: every name the plan's arguments use (inputs, outputs and the plan's temporaries), on the MPS device.
 void run_plan_on_mps(const Plan& plan, const std::unordered_map<std::string, at::Tensor>& tensors);
 
+// Compiles the launch's variant and its kernel's pipeline as its first run would, without running it (the doctor's
+// compile check); throws PyTorch's error with the compiler's log when it does not compile.
+void compile_launch_on_mps(const Launch& launch);
+
 }  // namespace mfa

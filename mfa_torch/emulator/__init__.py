@@ -1,6 +1,6 @@
 """MSL emulator: runs the project's Metal kernels on Linux CPUs with Metal's execution model, strictly.
 
-    lib = compile(source, defines=None, function_constants=None, include_dirs=(), checks=None)
+    lib = compile(source, defines=None, function_constants=None, include_dirs=(), checks=None, fast_math=False)
     lib.kernel_names
     lib.dispatch(name, {0: tensor, 1: ctypes.c_uint32(n)}, threadgroups, threads_per_threadgroup,
                  threadgroup_memory={0: nbytes}, strict=True, os_threads=None, timeout=None)
@@ -33,16 +33,18 @@ def _read_source(source, filename):
     return source, filename
 
 
-def compile(source, *, defines=None, function_constants=None, include_dirs=(), checks=None, filename="<msl source>"):
+def compile(source, *, defines=None, function_constants=None, include_dirs=(), checks=None, fast_math=False,
+            filename="<msl source>"):
     """Compile MSL (text, or a path to a .metal file) for the CPU.
 
     defines: {macro: value or None}; function_constants: {name or index: value};
     include_dirs: directories searched by #include; checks: None, "bounds" (out-of-bounds device
-    accesses) or "races" (data races between threads of a threadgroup); filename: the name diagnostics
-    use for MSL given as text."""
+    accesses) or "races" (data races between threads of a threadgroup); fast_math: compile as Metal's
+    fast math mode may (MTLCompileOptions.mathMode = .fast): g++ -ffast-math, so code that relies on
+    IEEE infinities or NaN in comparisons can fail; filename: the name diagnostics use for MSL given as text."""
     text, name = _read_source(source, filename)
     artefact, translation = build(text, name, defines=defines, function_constants=function_constants,
-                                  include_dirs=include_dirs, checks=checks)
+                                  include_dirs=include_dirs, checks=checks, fast_math=fast_math)
     if checks is None:
         return Library(artefact, translation, name)
     return CheckedLibrary(artefact, translation, name, checks)

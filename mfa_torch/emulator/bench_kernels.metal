@@ -91,7 +91,7 @@ kernel void attention_f32(device const float* Q [[buffer(0)]],
       Sm[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       for (uint d = 0; d < ATT_D / 8; d++) {
         simdgroup_float8x8 Kt;
-        simdgroup_load(Kt, Ks, ATT_D, ulong2(j * 8, d * 8), true);
+        simdgroup_load(Kt, Ks + j * 8 * ATT_D + d * 8, ATT_D, ulong2(0, 0), true);
         simdgroup_multiply_accumulate(Sm[j], Qm[d], Kt, Sm[j]);
       }
       Sm[j].thread_elements() *= scale;

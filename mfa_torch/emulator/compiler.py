@@ -1,9 +1,9 @@
 """From MSL source to a compiled, cached artefact: preprocess, translate, add launchers, g++.
 
 The cache key is a hash of everything the artefact depends on: the preprocessed source (so resolved
-includes and defines), function constants, the shim and runtime files, the compiler flags and the
-checked mode. Several processes may build the same key at once: a file lock serialises them, and the
-result is written to a temporary name and renamed into place.
+includes and defines), function constants, the shim and runtime files, the compiler flags (so the
+fast-math mode) and the checked mode. Several processes may build the same key at once: a file lock
+serialises them, and the result is written to a temporary name and renamed into place.
 """
 import fcntl
 import functools
@@ -52,7 +52,10 @@ def _cpu_flags():
     return frozenset(flags_line.split(":", 1)[-1].split())
 
 
-def compiler_flags(checks):
+def compiler_flags(checks, fast_math=False):
+    """g++ flags of a build. fast_math: -ffast-math over the kernel code (and the shim it inlines), as Metal's fast
+    math mode (PYTORCH_MPS_FAST_MATH=1) lets Apple's compiler assume that no value is NaN or infinite: comparisons
+    with -INFINITY, isinf/isnan and 0 * x may be folded, max/min need not honour NaN operands."""
     flags = [
         "-std=c++20", "-g1", "-fPIC", "-fno-strict-aliasing",
         "-fsingle-precision-constant",  # MSL has no double: 1.0 is a float
@@ -62,6 +65,8 @@ def compiler_flags(checks):
         "-fexcess-precision=16",
         "-Wno-attributes", "-fdiagnostics-color=never", "-I", str(SHIM_DIR),
     ]
+    if fast_math:
+        flags.insert(0, "-ffast-math")  # first: the pinned flags after it (fp-contract, excess precision) still hold
     flags += [f"-m{f}" for f in ("f16c", "fma") if f in _cpu_flags()]
     if checks == "bounds":
         flags += ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer", "-DMSL_CHECK_BOUNDS"]
@@ -111,16 +116,18 @@ def _trim(text, lines=60):
     return "\n".join(kept[:lines] + ([f"... ({len(kept) - lines} more lines)"] if len(kept) > lines else []))
 
 
-def build(text, filename, *, defines=None, function_constants=None, include_dirs=(), checks=None):
+def build(text, filename, *, defines=None, function_constants=None, include_dirs=(), checks=None, fast_math=False):
     """Returns (artefact path, Translation). The artefact is a shared library, or for checked modes an
     executable that runs one launch described on its command line."""
     if checks not in CHECKS:
         raise ValueError(f"checks must be one of {CHECKS}, got {checks!r}")
+    if not isinstance(fast_math, bool):
+        raise TypeError(f"fast_math must be True or False, got {fast_math!r}")
     translation = translate(preprocess(text, filename, defines, include_dirs), function_constants)
     unit = "#include <metal_stdlib>\n" + translation.text + "\n" + launcher_source(translation.kernels)
     if checks:
         unit += '#include "../runtime/checked_main.hpp"\n'
-    flags = compiler_flags(checks)
+    flags = compiler_flags(checks, fast_math)
     key = hashlib.sha256("\0".join([unit, shim_version(), " ".join(flags), str(checks)]).encode()).hexdigest()[:24]
     artefact = cache_dir() / (f"{key}.so" if checks is None else f"{key}-{checks}")
     _build_once(artefact, lambda tmp: _compile(unit, flags, tmp / artefact.name))

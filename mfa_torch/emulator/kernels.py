@@ -90,9 +90,12 @@ def _enclosing_attribute(tokens, start, i):
 
 
 def _max_threads(attribute_tokens):
-    for attr, args, _ in attribute_groups(attribute_tokens):
+    for attr, args, at in attribute_groups(attribute_tokens):
         if attr == "max_total_threads_per_threadgroup":
-            return integer_constant(args, attr)
+            limit = integer_constant(args, attr)
+            if not 1 <= limit <= MAX_THREADS_PER_THREADGROUP:
+                fail_at(at, f"{attr}({limit}) is outside 1..{MAX_THREADS_PER_THREADGROUP}")
+            return limit
     return MAX_THREADS_PER_THREADGROUP
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import re
 import sys
@@ -59,7 +60,7 @@ def _clang():
 # ---------------------------------------------------------------------------------------------
 # Source rewrites that keep every line where it was (so clang's line numbers are the file's).
 
-_ATTR_RE = re.compile(r"\[\[.*?\]\]", re.S)
+_ATTR_RE = re.compile(r"\[\[(.*?)\]\]", re.S)
 _FUNC_CONST_RE = re.compile(r"\[\[\s*function_constant\s*\([^\]]*\)\s*\]\]\s*;")
 _TG_RE = re.compile(r"\bthreadgroup\b")
 
@@ -67,6 +68,45 @@ _TG_RE = re.compile(r"\bthreadgroup\b")
 def _blank(m: re.Match) -> str:
     # keep newlines so line numbers stay right
     return re.sub(r"[^\n]", " ", m.group(0))
+
+
+# Attributes whose argument is a binding index: the strict check compares them (no two [[buffer(n)]] alike).
+INDEX_ATTRIBUTES = ("buffer", "threadgroup", "texture", "sampler")
+_ATTR_NAME_RE = re.compile(r"\s*(\w+)\s*(?:\((.*)\))?\s*$", re.S)
+_attr_ids = itertools.count()
+
+
+def _split_arguments(text: str) -> list[str]:
+    """`a(1), b(f(2, 3))` -> ["a(1)", "b(f(2, 3))"]: commas at parenthesis depth 0."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+def _annotate(m: re.Match, index_typedefs: list) -> str:
+    """A kernel parameter's `[[buffer(0)]]` (or a kernel's own attributes) as clang annotations the AST keeps:
+    `annotate("msl:buffer#7")`, with the index expression evaluated by clang as the array size of a typedef
+    `__lint_attr_7` (appended to the file). Attributes anywhere else are blanked."""
+    after = m.string[m.end():].lstrip()
+    if not (after[:1] in (",", ")") or re.match(r"kernel\b", after)):
+        return _blank(m)
+    annotations = []
+    for attr in _split_arguments(m.group(1)):
+        parsed = _ATTR_NAME_RE.match(attr)
+        if not parsed:
+            return _blank(m)
+        name, argument = parsed.groups()
+        tag = f"msl:{name}"
+        if name in INDEX_ATTRIBUTES and argument:
+            n = next(_attr_ids)
+            index_typedefs.append(f"typedef char __lint_attr_{n}[({argument}) + 1];")
+            tag += f"#{n}"
+        annotations.append(f'annotate("{tag}")')
+    return "__attribute__((" + ", ".join(annotations) + "))" + "\n" * m.group(0).count("\n")
 
 
 _COMMENT_RE = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"', re.S)
@@ -78,9 +118,12 @@ def _rewrite(text: str) -> str:
                            text)
     # A function constant has no initialiser in MSL, but `constant` is const for clang.
     text = _FUNC_CONST_RE.sub(lambda m: " = {};" + "\n" * m.group(0).count("\n"), text)
-    # `[[buffer(0)]]`, `[[host_name(..)]]` etc. mean nothing to the lint, and clang rejects some of
-    # them in places MSL allows (explicit template instantiations).
-    text = _ATTR_RE.sub(_blank, text)
+    # `[[buffer(0)]]` and the builtin attributes of kernel parameters become clang annotations (the strict check
+    # reads them); the others mean nothing to the lint, and clang rejects some of them where MSL allows them.
+    index_typedefs: list[str] = []
+    text = _ATTR_RE.sub(lambda m: _annotate(m, index_typedefs), text)
+    if index_typedefs:  # after the last line, so every line keeps its number
+        text += "\n" + "\n".join(index_typedefs) + "\n"
     # `threadgroup float tile[N];` inside a function is shared storage; clang only allows an
     # address-space-qualified variable with static storage, so make such declarations static (and
     # uninitialised, as threadgroup memory is: no constructor has to run in that address space).
@@ -212,21 +255,22 @@ def _looks_like_path(x) -> bool:
         x.endswith((".metal", ".h", ".hpp")) or os.path.exists(x))
 
 
-def _run(path_or_source, include_dirs: Iterable = ()) -> tuple[list[Finding], list[Finding]]:
-    ci = _clang()
-    include_dirs = [Path(d).resolve() for d in include_dirs]
+def _read(path_or_source) -> tuple[str, str, Path]:
+    """(name findings give the file, its text, where its quoted includes are looked up from)."""
     if _looks_like_path(path_or_source):
         path = Path(path_or_source)
         try:
             text = path.read_text(errors="replace")
         except OSError as e:
             raise LintError(f"{path}: cannot read: {e.strerror or e}") from None
-        name = str(path)
-        base = path.resolve()
-    else:
-        text = str(path_or_source)
-        name = "<source>.metal"
-        base = Path.cwd() / name
+        return str(path), text, path.resolve()
+    return "<source>.metal", str(path_or_source), Path.cwd() / "<source>.metal"
+
+
+def _run(path_or_source, include_dirs: Iterable = ()) -> tuple[list[Finding], list[Finding]]:
+    ci = _clang()
+    include_dirs = [Path(d).resolve() for d in include_dirs]
+    name, text, base = _read(path_or_source)
     headers: dict[str, str] = {}
     _collect_includes(base, text, include_dirs, headers)
     unsaved = [(name, _rewrite(text))] + list(headers.items())

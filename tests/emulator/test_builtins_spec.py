@@ -65,8 +65,9 @@ kernel void sg_layout_write(device float* out [[buffer(0)]],
   simdgroup_store(m, out, 8);
 }
 
-// Load an 8x8 block of a 16x16 source at an origin (x = column, y = row), optionally transposed,
-// then store it plainly.
+// Load an 8x8 block of a 16x16 source at an origin (x = column, y = row), and transposed from the
+// block's own address with origin 0 (Metal leaves an origin with a transpose unspecified), then
+// store both plainly.
 kernel void sg_load_origin(device const float* src [[buffer(0)]],
                            device float* plain [[buffer(1)]],
                            device float* transposed [[buffer(2)]],
@@ -75,7 +76,7 @@ kernel void sg_load_origin(device const float* src [[buffer(0)]],
                            ushort lane [[thread_index_in_simdgroup]]) {
   simdgroup_float8x8 a, b;
   simdgroup_load(a, src, 16, ulong2(3, 5));
-  simdgroup_load(b, src, 16, ulong2(3, 5), true);
+  simdgroup_load(b, src + 5 * 16 + 3, 16, ulong2(0, 0), true);
   simdgroup_store(a, plain, 8);
   simdgroup_store(b, transposed, 8);
   threadgroup float tile[256];
@@ -83,13 +84,13 @@ kernel void sg_load_origin(device const float* src [[buffer(0)]],
   threadgroup_barrier(mem_flags::mem_threadgroup);
   simdgroup_float8x8 c, d;
   simdgroup_load(c, tile, 16, ulong2(3, 5));
-  simdgroup_load(d, tile, 16, ulong2(3, 5), true);
+  simdgroup_load(d, tile + 5 * 16 + 3, 16, ulong2(0, 0), true);
   simdgroup_store(c, tg_plain, 8);
   simdgroup_store(d, tg_transposed, 8);
 }
 
-// Store a plainly loaded 8x8 matrix into a 16x16 destination at an origin, optionally transposed,
-// in device and in threadgroup memory.
+// Store a plainly loaded 8x8 matrix into a 16x16 destination at an origin, and transposed at the
+// block's own address with origin 0, in device and in threadgroup memory.
 kernel void sg_store_origin(device const float* src [[buffer(0)]],
                             device float* plain [[buffer(1)]],
                             device float* transposed [[buffer(2)]],
@@ -99,13 +100,13 @@ kernel void sg_store_origin(device const float* src [[buffer(0)]],
   simdgroup_float8x8 m;
   simdgroup_load(m, src, 8);
   simdgroup_store(m, plain, 16, ulong2(2, 6));
-  simdgroup_store(m, transposed, 16, ulong2(2, 6), true);
+  simdgroup_store(m, transposed + 6 * 16 + 2, 16, ulong2(0, 0), true);
   threadgroup float t1[256];
   threadgroup float t2[256];
   for (ushort i = lane; i < 256; i += 32) { t1[i] = 0.0f; t2[i] = 0.0f; }
   threadgroup_barrier(mem_flags::mem_threadgroup);
   simdgroup_store(m, t1, 16, ulong2(2, 6));
-  simdgroup_store(m, t2, 16, ulong2(2, 6), true);
+  simdgroup_store(m, t2 + 6 * 16 + 2, 16, ulong2(0, 0), true);
   threadgroup_barrier(mem_flags::mem_threadgroup);
   for (ushort i = lane; i < 256; i += 32) { tg_plain[i] = t1[i]; tg_transposed[i] = t2[i]; }
 }
@@ -182,7 +183,7 @@ def test_simdgroup_load_origin_and_transpose_device_and_threadgroup():
     lib("sg").dispatch("sg_load_origin", bufs, (1,), (32,))
     ox, oy, epr = 3, 5, 16
     plain = [src[(oy + r) * epr + ox + c].item() for r in range(8) for c in range(8)]
-    trans = [src[(ox + c) * epr + oy + r].item() for r in range(8) for c in range(8)]
+    trans = [src[(oy + c) * epr + ox + r].item() for r in range(8) for c in range(8)]  # from the block's address
     assert bufs[1].tolist() == plain
     assert bufs[2].tolist() == trans
     assert bufs[3].tolist() == plain, "threadgroup source"
@@ -198,7 +199,7 @@ def test_simdgroup_store_origin_and_transpose_device_and_threadgroup():
     for r in range(8):
         for c in range(8):
             plain[(oy + r) * epr + ox + c] = src[r * 8 + c].item()
-            trans[(ox + c) * epr + oy + r] = src[r * 8 + c].item()
+            trans[(oy + c) * epr + ox + r] = src[r * 8 + c].item()  # at the block's address
     assert bufs[1].tolist() == plain
     assert bufs[2].tolist() == trans
     assert bufs[3].tolist() == plain, "threadgroup destination"

@@ -212,3 +212,69 @@ def test_half_rounds_after_every_operation_whatever_the_compilers_default():
     lib.dispatch("chained", {0: x, 1: out}, (1,), (1,))
     assert out[0].item() == 1.0
     assert out[1].item() == (x[0] * x[2] + x[1] * x[2]).item()  # each product and the sum rounded to half
+
+
+# ---- the fast-math mode (fast_math=True: g++ -ffast-math, as Metal's fast math lets Apple's compiler) ------------
+
+TIMES_ZERO = """
+#include <metal_stdlib>
+using namespace metal;
+kernel void times_zero(device const float* x [[buffer(0)]], device float* out [[buffer(1)]],
+                       uint i [[thread_position_in_grid]]) {
+  out[i] = x[i] * 0.0f;
+}
+"""
+
+
+def test_fast_math_applies_to_the_kernel_code_and_is_its_own_artefact():
+    """IEEE: NaN x 0 and inf x 0 are NaN. Fast math assumes neither operand exists and folds x * 0 to 0, as it may on
+    Apple's compiler: the mode reaches the kernel's own expressions, and the two builds are separate cache entries."""
+    x = torch.tensor([1.0, float("nan"), float("inf")])
+    results = {}
+    for fast_math in (False, True):
+        out = torch.zeros(3)
+        emulator.compile(TIMES_ZERO, fast_math=fast_math).dispatch("times_zero", {0: x, 1: out}, (1,), (3,))
+        results[fast_math] = out
+    assert results[False][0] == 0 and results[False][1:].isnan().all()
+    assert torch.equal(results[True], torch.zeros(3))
+
+
+@pytest.mark.parametrize("expression", ["-INFINITY", "NAN", "HUGE_VALF", "float(HUGE_VALH)", "float(isnan(x[i]))",
+                                        "float(isinf(x[i]))", "float(isfinite(x[i]))"])
+def test_fast_math_rejects_infinities_and_nan_tests_naming_the_line(expression):
+    """Under fast math a compiler may assume no value is infinite or NaN (clang: naming one is undefined behaviour),
+    and g++ folds isnan to false: code that relies on them has no defined meaning there, so the mode rejects it at
+    compile time, with the .metal file and line. Without fast math the same code compiles."""
+    source = TIMES_ZERO.replace("x[i] * 0.0f", expression)
+    emulator.compile(source, filename="specials.metal")
+    with pytest.raises(CompileError, match=r"(?s)specials\.metal:6.*under fast math"):
+        emulator.compile(source, filename="specials.metal", fast_math=True)
+
+
+def test_fast_math_keeps_the_shims_correctly_rounded_transcendentals():
+    """The shim's transcendental functions round the C library's double function once. g++ -ffast-math narrows
+    float(f(double(x))) to the float function f (glibc's tanhf differs in a quarter of these inputs, exp2f in some):
+    the fast-math build must give the very same floats, or tolerances would depend on the host's C library."""
+    source = """
+    #include <metal_stdlib>
+    using namespace metal;
+    kernel void functions(device const float* x [[buffer(0)]], device float4* out [[buffer(1)]],
+                          uint i [[thread_position_in_grid]]) {
+      out[i] = float4(exp2(x[i]), exp(x[i]), log(abs(x[i]) + 0.5f), precise::tanh(x[i] * 0.1f));
+    }"""
+    x = torch.empty(8192).uniform_(-20, 20, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for fast_math in (False, True):
+        out = torch.zeros(8192, 4)
+        lib = emulator.compile(textwrap.dedent(source), fast_math=fast_math)
+        lib.dispatch("functions", {0: x, 1: out}, (8,), (1024,))
+        outs.append(out)
+    want = torch.stack([x.double().exp2(), x.double().exp(), (x.abs() + 0.5).double().log(), (x * 0.1).double().tanh()],
+                       -1).float()
+    assert torch.equal(outs[0], want)
+    assert torch.equal(outs[1], outs[0])
+
+
+def test_bad_fast_math_value():
+    with pytest.raises(TypeError, match="fast_math must be True or False"):
+        emulator.compile("kernel void k() {}", fast_math="yes")

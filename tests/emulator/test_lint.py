@@ -237,7 +237,7 @@ kernel void gemm(device const T* A [[buffer(0)]],
     Bs[lane] = B[k * N + tgid.x * BM + lane];
     threadgroup_barrier(mem_flags::mem_threadgroup);
     simdgroup_load(a, As, 8, ulong2(0, sgid * 8));
-    simdgroup_load(b, Bs, 32, ulong2(sgid * 8, 0), true);
+    simdgroup_load(b, Bs + sgid * 8 * 32, 32, ulong2(0, 0), true);
     simdgroup_multiply_accumulate(acc, a, b, acc);
     threadgroup_barrier(mem_flags::mem_threadgroup);
   }

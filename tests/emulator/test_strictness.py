@@ -150,3 +150,38 @@ def test_faults_in_two_libraries_of_one_process(lib, line):
         with pytest.raises(emulator.KernelError, match=r"other\.metal:4: invalid memory access"):
             other.dispatch("wild", {0: torch.zeros(32)}, (1,), (32,))
         assert line("wild-pointer") in kernel_error(lib, "wild_pointer", 32)
+
+
+@pytest.mark.parametrize("kernel,mark", [("transposed_load_at_origin", "transposed-load-origin"),
+                                         ("transposed_store_at_origin", "transposed-store-origin")])
+def test_transposed_matrix_access_with_a_non_zero_origin(lib, line, kernel, mark):
+    message = kernel_error(lib, kernel, 32)
+    operation = kernel.split("_")[1]
+    assert message.startswith(f"{line(mark)}: simdgroup_{operation}: transpose_matrix with a non-zero matrix_origin")
+    assert "offset the pointer and pass origin 0" in message
+
+
+def test_more_threads_than_the_kernels_max_total_threads_per_threadgroup(lib, line):
+    out = torch.zeros(64)
+    lib.dispatch("limited_to_64_threads", {0: out}, (1,), (8, 8))  # exactly the limit
+    assert out.tolist() == [1.0] * 64
+    message = kernel_error(lib, "limited_to_64_threads", 65)
+    assert message.startswith(line("limited-kernel") + ": kernel limited_to_64_threads:")
+    assert "65 threads exceeds the kernel's max_total_threads_per_threadgroup of 64" in message
+
+
+@pytest.mark.parametrize("limit", ["0", "1025"])
+def test_max_total_threads_per_threadgroup_outside_what_metal_allows(limit):
+    source = (f"[[max_total_threads_per_threadgroup({limit})]]\n"
+              "kernel void k(device float* out [[buffer(0)]]) {}\n")
+    with pytest.raises(emulator.CompileError, match=rf"limits\.metal:2: max_total_threads_per_threadgroup\({limit}\) "
+                                                    r"is outside 1\.\.1024"):
+        emulator.compile("#include <metal_stdlib>\n" + source, filename="limits.metal")
+
+
+def test_bfloat_to_bool_conversion_does_not_compile():
+    source = ("#include <metal_stdlib>\nusing namespace metal;\n"
+              "kernel void k(device const bfloat* x [[buffer(0)]], device float* out [[buffer(1)]]) {\n"
+              "  out[0] = bool(x[0]) ? 1.0f : 0.0f;\n}\n")
+    with pytest.raises(emulator.CompileError, match=r"to_bool\.metal:4:.*deleted"):
+        emulator.compile(source, filename="to_bool.metal")

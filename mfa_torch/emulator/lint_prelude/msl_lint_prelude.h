@@ -1,3 +1,4 @@
+#pragma clang system_header  // its own warnings (the h literal suffix) are not the user's
 // Lint-only prelude: just enough of the Metal Shading Language for libclang to *parse and type
 // check* MSL as C++. Nothing here has to compute anything: declarations only.
 //
@@ -15,7 +16,7 @@
 #define threadgroup_imageblock
 #define ray_data
 #define object_data
-#define kernel
+#define kernel __attribute__((annotate("msl:kernel")))  // the strict check finds kernels by it
 #define vertex
 #define fragment
 #define visible
@@ -68,6 +69,22 @@ template <class T, int C, int R> mat<T, C, R> operator+(mat<T, C, R>, mat<T, C, 
 template <class T, int C, int R, class V> V operator*(mat<T, C, R>, V);
 template <class T> struct elem { typedef T type; };
 template <class T, int N> struct elem<T __attribute__((ext_vector_type(N)))> { typedef T type; };
+// Element kinds for the math signatures: bfloat has none (the specification gives it no math functions).
+enum kind { kNone = 0, kInteger = 1, kFloating = 2, kFloat32 = 4 };
+template <class T> struct kind_of { static constexpr int value = kNone; };
+#define __LINT_KIND(T, K) template <> struct kind_of<T> { static constexpr int value = K; };
+__LINT_KIND(char, kInteger) __LINT_KIND(signed char, kInteger) __LINT_KIND(uchar, kInteger)
+__LINT_KIND(short, kInteger) __LINT_KIND(ushort, kInteger) __LINT_KIND(int, kInteger) __LINT_KIND(uint, kInteger)
+__LINT_KIND(long, kInteger) __LINT_KIND(ulong, kInteger) __LINT_KIND(half, kFloating)
+__LINT_KIND(float, kFloating | kFloat32)
+#undef __LINT_KIND
+template <class T, bool OK> struct only_if {};
+template <class T> struct only_if<T, true> { typedef T type; };
+template <class T, int K> struct if_kind : only_if<T, (kind_of<typename elem<T>::type>::value & K) != 0> {};
+template <class T, class E> struct with_element { typedef E type; };
+template <class T, int N, class E> struct with_element<T __attribute__((ext_vector_type(N))), E> {
+  typedef E type __attribute__((ext_vector_type(N)));
+};
 // MSL's boolN: clang's bool ext-vectors have no .x components and comparisons of clang vectors
 // give int vectors, so boolN is a small struct constructible from any comparison result.
 template <int N> struct bvec {
@@ -140,33 +157,57 @@ template <class T> struct make_scalar { typedef typename __lint::elem<T>::type t
 // ---- reinterpretation
 template <class T, class U> T as_type(U);
 
-// ---- math: every function takes anything and returns (a decayed copy of) its first argument's
-// type, except the few whose result type differs (dot, length, predicates).
-#define __LINT_GENERIC(name) \
-  template <class T, class... U> T name(T, U...);
-__LINT_GENERIC(abs) __LINT_GENERIC(fabs) __LINT_GENERIC(ceil) __LINT_GENERIC(floor)
-__LINT_GENERIC(round) __LINT_GENERIC(rint) __LINT_GENERIC(trunc) __LINT_GENERIC(fract)
-__LINT_GENERIC(exp) __LINT_GENERIC(exp2) __LINT_GENERIC(exp10) __LINT_GENERIC(log)
-__LINT_GENERIC(log2) __LINT_GENERIC(log10) __LINT_GENERIC(sqrt) __LINT_GENERIC(rsqrt)
-__LINT_GENERIC(sin) __LINT_GENERIC(cos) __LINT_GENERIC(tan) __LINT_GENERIC(asin)
-__LINT_GENERIC(acos) __LINT_GENERIC(atan) __LINT_GENERIC(atan2) __LINT_GENERIC(sinh)
-__LINT_GENERIC(cosh) __LINT_GENERIC(tanh) __LINT_GENERIC(asinh) __LINT_GENERIC(acosh)
-__LINT_GENERIC(atanh) __LINT_GENERIC(sincos) __LINT_GENERIC(sinpi) __LINT_GENERIC(cospi)
-__LINT_GENERIC(pow) __LINT_GENERIC(powr) __LINT_GENERIC(fmax) __LINT_GENERIC(fmin)
-__LINT_GENERIC(max) __LINT_GENERIC(min) __LINT_GENERIC(max3) __LINT_GENERIC(min3)
-__LINT_GENERIC(median3) __LINT_GENERIC(clamp) __LINT_GENERIC(fma) __LINT_GENERIC(mad)
-__LINT_GENERIC(mix) __LINT_GENERIC(step) __LINT_GENERIC(smoothstep) __LINT_GENERIC(sign)
-__LINT_GENERIC(copysign) __LINT_GENERIC(fmod) __LINT_GENERIC(saturate) __LINT_GENERIC(select)
-__LINT_GENERIC(fdim) __LINT_GENERIC(ldexp) __LINT_GENERIC(frexp) __LINT_GENERIC(modf)
-__LINT_GENERIC(nextafter) __LINT_GENERIC(absdiff) __LINT_GENERIC(popcount)
-__LINT_GENERIC(clz) __LINT_GENERIC(ctz) __LINT_GENERIC(rotate) __LINT_GENERIC(extract_bits)
-__LINT_GENERIC(insert_bits) __LINT_GENERIC(reverse_bits) __LINT_GENERIC(mulhi)
-__LINT_GENERIC(mul24) __LINT_GENERIC(mad24) __LINT_GENERIC(addsat) __LINT_GENERIC(subsat)
-__LINT_GENERIC(hadd) __LINT_GENERIC(rhadd) __LINT_GENERIC(madhi) __LINT_GENERIC(madsat)
-__LINT_GENERIC(normalize) __LINT_GENERIC(cross) __LINT_GENERIC(divide) __LINT_GENERIC(recip)
-__LINT_GENERIC(erf) __LINT_GENERIC(erfc) __LINT_GENERIC(expm1) __LINT_GENERIC(log1p)
-__LINT_GENERIC(cbrt) __LINT_GENERIC(hypot) __LINT_GENERIC(remainder)
-#undef __LINT_GENERIC
+// ---- math, with the MSL specification's signatures: T is a scalar or vector of one element type, every argument
+// has that one type (min(float, int) does not resolve, as with Apple's compiler), floating-point functions take
+// half or float T, integer functions integer T. The constraint sits in the return type, so that a floating-point and
+// an integer overload of one name (abs, clamp) are distinct templates.
+#define __LINT_F(n) template <class T> typename __lint::if_kind<T, __lint::kFloating>::type n
+#define __LINT_I(n) template <class T> typename __lint::if_kind<T, __lint::kInteger>::type n
+#define __LINT_F32(n) template <class T> typename __lint::if_kind<T, __lint::kFloat32>::type n
+#define __LINT_F1(n) __LINT_F(n)(T);
+#define __LINT_F2(n) __LINT_F(n)(T, T);
+#define __LINT_F3(n) __LINT_F(n)(T, T, T);
+#define __LINT_I2(n) __LINT_I(n)(T, T);
+#define __LINT_I3(n) __LINT_I(n)(T, T, T);
+#define __LINT_F32_1(n) __LINT_F32(n)(T);
+#define __LINT_F32_2(n) __LINT_F32(n)(T, T);
+#define __LINT_F32_3(n) __LINT_F32(n)(T, T, T);
+// The math functions (and clamp, saturate) that metal::precise:: and metal::fast:: also have, for float only there.
+#define __LINT_PRECISE_OR_FAST(D, F1, F2, F3)                                                                    \
+  F1(acos) F1(acosh) F1(asin) F1(asinh) F1(atan) F2(atan2) F1(atanh) F1(ceil) F2(copysign) F1(cos) F1(cosh)      \
+  F1(cospi) F2(divide) F1(exp) F1(exp10) F1(exp2) F1(fabs) F1(abs) F2(fdim) F1(floor) F3(fma) F2(fmax) F3(fmax3) \
+  F3(fmedian3) F2(fmin) F3(fmin3) F2(fmod) F1(fract) F1(log) F1(log10) F1(log2) F2(pow) F2(powr) F1(rint)        \
+  F1(round) F1(rsqrt) F1(sin) F1(sinh) F1(sinpi) F1(sqrt) F1(tan) F1(tanh) F1(tanpi) F1(trunc) F3(clamp)          \
+  F1(saturate) F2(max) F2(min) F3(max3) F3(min3) F3(median3)                                                      \
+  D(frexp)(T, thread typename __lint::with_element<T, int>::type&);                                               \
+  D(ldexp)(T, typename __lint::with_element<T, int>::type);                                                       \
+  D(modf)(T, thread T&);                                                                                          \
+  D(sincos)(T, thread T&);
+__LINT_PRECISE_OR_FAST(__LINT_F, __LINT_F1, __LINT_F2, __LINT_F3)
+template <class T> typename __lint::with_element<typename __lint::if_kind<T, __lint::kFloating>::type, int>::type
+ilogb(T);
+__LINT_F3(mix) __LINT_F1(sign) __LINT_F3(smoothstep) __LINT_F2(step) __LINT_F2(nextafter) __LINT_F1(normalize)
+__LINT_F2(cross)
+__LINT_I(abs)(T); __LINT_I2(absdiff) __LINT_I2(addsat) __LINT_I2(subsat) __LINT_I2(hadd) __LINT_I2(rhadd)
+__LINT_I2(mulhi) __LINT_I2(mul24) __LINT_I3(mad24) __LINT_I3(madhi) __LINT_I3(madsat) __LINT_I2(rotate)
+__LINT_I3(clamp) __LINT_I2(max) __LINT_I2(min) __LINT_I3(max3) __LINT_I3(min3) __LINT_I3(median3)
+__LINT_I(popcount)(T); __LINT_I(clz)(T); __LINT_I(ctz)(T); __LINT_I(reverse_bits)(T);
+__LINT_I(extract_bits)(T, uint, uint); __LINT_I(insert_bits)(T, T, uint, uint);
+namespace precise { __LINT_PRECISE_OR_FAST(__LINT_F32, __LINT_F32_1, __LINT_F32_2, __LINT_F32_3) }
+namespace fast { __LINT_PRECISE_OR_FAST(__LINT_F32, __LINT_F32_1, __LINT_F32_2, __LINT_F32_3) }
+#undef __LINT_PRECISE_OR_FAST
+#undef __LINT_F
+#undef __LINT_I
+#undef __LINT_F32
+#undef __LINT_F1
+#undef __LINT_F2
+#undef __LINT_F3
+#undef __LINT_I2
+#undef __LINT_I3
+#undef __LINT_F32_1
+#undef __LINT_F32_2
+#undef __LINT_F32_3
+template <class T, class B> T select(T, T, B);
 template <class T> typename __lint::elem<T>::type dot(T, T);
 template <class T> typename __lint::elem<T>::type length(T);
 template <class T> typename __lint::elem<T>::type length_squared(T);
@@ -180,12 +221,10 @@ template <class T> auto isnormal(T x) -> decltype(x != x);
 template <class T> auto signbit(T x) -> decltype(x != x);
 template <class T> bool all(T);
 template <class T> bool any(T);
-namespace precise { using namespace ::metal; }
-namespace fast { using namespace ::metal; }
 
-// ---- barriers
-enum mem_flags : uint { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4,
-                        mem_threadgroup_imageblock = 8, mem_object_data = 16 };
+// ---- barriers: the flags are a scoped enum (mem_flags::mem_threadgroup; a bare mem_threadgroup is an error).
+enum class mem_flags : uint { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4,
+                              mem_threadgroup_imageblock = 8, mem_object_data = 16 };
 constexpr mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(uint(a) | uint(b)); }
 void threadgroup_barrier(mem_flags);
 void simdgroup_barrier(mem_flags);
@@ -243,8 +282,13 @@ simd_vote simd_active_threads_mask();
 quad_vote quad_ballot(bool);
 quad_vote quad_active_threads_mask();
 
-// ---- simdgroup_matrix: loads/stores exist for device and threadgroup memory only.
-template <class T, int R, int C> struct simdgroup_matrix {
+// ---- simdgroup_matrix<T, Cols, Rows> (T = float, half, bfloat): loads and stores exist for device and threadgroup
+// pointers to the matrix's own element type only. The products take operands and accumulators of any of those
+// element types (mixed precision, e.g. half8x8 operands into a float8x8 accumulator, is legal Metal).
+template <class T, int Cols, int Rows> struct simdgroup_matrix {
+  static_assert(is_same<T, float>::value || is_same<T, half>::value ||
+                    is_same<T, bfloat>::value,
+                "simdgroup_matrix elements are float, half or bfloat");
   simdgroup_matrix();
   simdgroup_matrix(T);
   vec<T, 2>& thread_elements();
@@ -253,23 +297,25 @@ template <class T, int R, int C> struct simdgroup_matrix {
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
-template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T);
-template <class T, int R, int C, class E>
-void simdgroup_load(thread simdgroup_matrix<T, R, C>&, const device E*, ulong = C,
-                    ulong2 = ulong2(0, 0), bool = false);
-template <class T, int R, int C, class E>
-void simdgroup_load(thread simdgroup_matrix<T, R, C>&, const threadgroup E*, ulong = C,
-                    ulong2 = ulong2(0, 0), bool = false);
-template <class T, int R, int C, class E>
-void simdgroup_store(const thread simdgroup_matrix<T, R, C>&, device E*, ulong = C,
-                     ulong2 = ulong2(0, 0), bool = false);
-template <class T, int R, int C, class E>
-void simdgroup_store(const thread simdgroup_matrix<T, R, C>&, threadgroup E*, ulong = C,
-                     ulong2 = ulong2(0, 0), bool = false);
-template <class D, class A, class B, class C>
-void simdgroup_multiply_accumulate(thread D&, const thread A&, const thread B&, const thread C&);
-template <class D, class A, class B>
-void simdgroup_multiply(thread D&, const thread A&, const thread B&);
+template <class T, int Cols, int Rows> simdgroup_matrix<T, Cols, Rows> make_filled_simdgroup_matrix(T);
+#define __LINT_SIMDGROUP_MEMORY(AS)                                                                               \
+  template <class T, int Cols, int Rows>                                                                          \
+  void simdgroup_load(thread simdgroup_matrix<T, Cols, Rows>& d, const AS T* src, ulong elements_per_row = Cols,  \
+                      ulong2 matrix_origin = ulong2(0, 0), bool transpose_matrix = false);                         \
+  template <class T, int Cols, int Rows>                                                                          \
+  void simdgroup_store(thread simdgroup_matrix<T, Cols, Rows> a, AS T* dst, ulong elements_per_row = Cols,         \
+                       ulong2 matrix_origin = ulong2(0, 0), bool transpose_matrix = false);
+__LINT_SIMDGROUP_MEMORY(device)
+__LINT_SIMDGROUP_MEMORY(threadgroup)
+#undef __LINT_SIMDGROUP_MEMORY
+template <class TD, class TA, class TB, class TC, int Cols, int Rows, int K>
+void simdgroup_multiply_accumulate(thread simdgroup_matrix<TD, Cols, Rows>& d,
+                                   thread const simdgroup_matrix<TA, K, Rows>& a,
+                                   thread const simdgroup_matrix<TB, Cols, K>& b,
+                                   thread const simdgroup_matrix<TC, Cols, Rows>& c);
+template <class TD, class TA, class TB, int Cols, int Rows, int K>
+void simdgroup_multiply(thread simdgroup_matrix<TD, Cols, Rows>& d, thread const simdgroup_matrix<TA, K, Rows>& a,
+                        thread const simdgroup_matrix<TB, Cols, K>& b);
 template <class... T> void simdgroup_async_copy(T...);
 
 // ---- atomics (relaxed): only on device and threadgroup atomic objects, never constant.

@@ -98,3 +98,23 @@ kernel void endless_spin(device atomic_int* flag [[buffer(0)]], uint tid [[threa
   while (atomic_load_explicit(flag, memory_order_relaxed) == 0) {  // mark: spin
   }
 }
+
+// A transposed simdgroup_load or simdgroup_store with a non-zero origin: Metal does not say whether the origin is
+// applied before or after the transpose, so the result may differ on hardware.
+kernel void transposed_load_at_origin(device float* out [[buffer(0)]]) {
+  simdgroup_float8x8 m;
+  simdgroup_load(m, out, 16, ulong2(8, 0), true);  // mark: transposed-load-origin
+  simdgroup_store(m, out, 16);
+}
+
+kernel void transposed_store_at_origin(device float* out [[buffer(0)]]) {
+  simdgroup_float8x8 m = make_filled_simdgroup_matrix<float, 8, 8>(1.0f);
+  simdgroup_store(m, out, 16, ulong2(0, 8), true);  // mark: transposed-store-origin
+}
+
+// Launched with more threads than its attribute allows (Metal rejects such a dispatch).
+[[max_total_threads_per_threadgroup(64)]]
+kernel void limited_to_64_threads(device float* out [[buffer(0)]],  // mark: limited-kernel
+                                  uint tid [[thread_index_in_threadgroup]]) {
+  out[tid] = 1.0f;
+}

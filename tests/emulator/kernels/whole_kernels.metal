@@ -98,7 +98,7 @@ kernel void attention_causal(device const half* Q [[buffer(0)]],
       Sm[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       for (uint d = 0; d < HD / 8; d++) {
         simdgroup_float8x8 Kt;
-        simdgroup_load(Kt, Ks, HD, ulong2(j * 8, d * 8), true);
+        simdgroup_load(Kt, Ks + j * 8 * HD + d * 8, HD, ulong2(0, 0), true);
         simdgroup_multiply_accumulate(Sm[j], Qm[d], Kt, Sm[j]);
       }
       thread float2& s = Sm[j].thread_elements();

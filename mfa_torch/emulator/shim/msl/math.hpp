@@ -38,10 +38,14 @@ MSL_STD_2(fmod) MSL_STD_2(copysign) MSL_STD_2(fmin) MSL_STD_2(fmax) MSL_STD_2(fd
 #undef MSL_STD_2
 
 // ---- transcendental functions: the double function rounded once to float (see the top of this file) -----------
+// The double result is a named variable: in the emulator's fast-math mode g++ would narrow float(exp2(double(x))),
+// one expression, to the C library's exp2f.
 #define MSL_ROUNDED_1(NAME, DOUBLE_FN) \
-  inline float NAME(float x) { return float(DOUBLE_FN(double(x))); } MSL_NARROW_AND_VECTOR_1(NAME)
+  inline float NAME(float x) { const double exact = DOUBLE_FN(double(x)); return float(exact); } \
+  MSL_NARROW_AND_VECTOR_1(NAME)
 #define MSL_ROUNDED_2(NAME, DOUBLE_FN) \
-  inline float NAME(float x, float y) { return float(DOUBLE_FN(double(x), double(y))); } MSL_NARROW_AND_VECTOR_2(NAME)
+  inline float NAME(float x, float y) { const double exact = DOUBLE_FN(double(x), double(y)); return float(exact); } \
+  MSL_NARROW_AND_VECTOR_2(NAME)
 MSL_ROUNDED_1(exp, std::exp) MSL_ROUNDED_1(exp2, std::exp2) MSL_ROUNDED_1(log, std::log) MSL_ROUNDED_1(log2, std::log2)
 MSL_ROUNDED_1(log10, std::log10) MSL_ROUNDED_1(sin, std::sin) MSL_ROUNDED_1(cos, std::cos) MSL_ROUNDED_1(tan, std::tan)
 MSL_ROUNDED_1(asin, std::asin) MSL_ROUNDED_1(acos, std::acos) MSL_ROUNDED_1(atan, std::atan)
@@ -84,9 +88,22 @@ auto fma(const A& a, const B& b, const C& c) {
 }
 
 // ---- classification -------------------------------------------------------------------------------------
-template <msl_floating T> bool isnan(T x) { return std::isnan(float(x)); }
-template <msl_floating T> bool isinf(T x) { return std::isinf(float(x)); }
-template <msl_floating T> bool isfinite(T x) { return std::isfinite(float(x)); }
+// Fast math lets a compiler assume that no value is infinite or NaN (clang calls naming one undefined behaviour,
+// -Wnan-infinity-disabled) and fold what tests for them: g++ -ffast-math makes isnan false. So the emulator's
+// fast-math mode rejects isnan, isinf, isfinite and the constants INFINITY, NAN and HUGE_VAL* at compile time.
+#ifdef __FAST_MATH__
+template <class> inline constexpr bool msl_infinities_defined = false;
+#else
+template <class> inline constexpr bool msl_infinities_defined = true;
+#endif
+#define MSL_NEEDS_INFINITIES(T)                                                                              \
+  static_assert(::metal::msl_infinities_defined<T>,                                                          \
+                "isnan, isinf, isfinite, INFINITY, NAN or HUGE_VAL under fast math, where the compiler may "   \
+                "assume no value is infinite or NaN: compare with finite values, and write an infinity that is " \
+                "data from its bits (as_type)")
+template <msl_floating T> bool isnan(T x) { MSL_NEEDS_INFINITIES(T); return std::isnan(float(x)); }
+template <msl_floating T> bool isinf(T x) { MSL_NEEDS_INFINITIES(T); return std::isinf(float(x)); }
+template <msl_floating T> bool isfinite(T x) { MSL_NEEDS_INFINITIES(T); return std::isfinite(float(x)); }
 template <msl_floating T> bool signbit(T x) { return std::signbit(float(x)); }
 template <msl_vector_like V> auto isnan(const V& x) { return msl_map<bool>(x, [](auto e) { return isnan(e); }); }
 template <msl_vector_like V> auto isinf(const V& x) { return msl_map<bool>(x, [](auto e) { return isinf(e); }); }
@@ -238,8 +255,19 @@ namespace fast { MSL_MATH_NAMES }
 }  // namespace metal
 
 // ---- constants ---------------------------------------------------------------------------------------------------
-// MAXFLOAT, HUGE_VALF, INFINITY and NAN come from <cmath>
+// MAXFLOAT, HUGE_VALF, INFINITY and NAN come from <cmath>; under fast math those but MAXFLOAT are rejected (above)
+#ifdef __FAST_MATH__
+template <class T> T msl_fast_math_special() { MSL_NEEDS_INFINITIES(T); return T(); }
+#undef HUGE_VALF
+#undef INFINITY
+#undef NAN
+#define HUGE_VALF (msl_fast_math_special<float>())
+#define INFINITY (msl_fast_math_special<float>())
+#define NAN (msl_fast_math_special<float>())
+#define HUGE_VALH (msl_fast_math_special<half>())
+#else
 #define HUGE_VALH half(__builtin_huge_valf())
+#endif
 #define MAXHALF half(65504.0f)
 #define FLT_MAX 0x1.fffffep+127f
 #define FLT_MIN 0x1p-126f

@@ -42,6 +42,14 @@ inline void rendezvous(const char* op, const msl_rt::Site& site) {
   char nothing = 0;
   msl_rt::simd_collective<char>(op, site, nothing, [](const char* const*, char* const*, uint32_t) {});
 }
+// Apple does not say how matrix_origin combines with transpose_matrix ((x, y) before or after the transpose), so a
+// kernel that relies on either reading may differ on hardware: it must offset the pointer and pass origin 0.
+inline void require_plain_origin(const char* op, ulong2 origin, bool transpose, const msl_rt::Site& site) {
+  if (transpose && (origin.x != 0 || origin.y != 0))
+    msl_rt::thread_fail(site, msl_rt::format("%s: transpose_matrix with a non-zero matrix_origin (%llu, %llu) is "
+                                             "unspecified by Metal; offset the pointer and pass origin 0",
+                                             op, (unsigned long long)origin.x, (unsigned long long)origin.y));
+}
 // Element offset of (row, col) of the tile in memory with `stride` elements per row.
 inline ulong tile_offset(int r, int c, ulong stride, ulong2 origin, bool transpose) {
   return transpose ? (origin.x + ulong(c)) * stride + origin.y + ulong(r) : (origin.y + ulong(r)) * stride + origin.x + ulong(c);
@@ -52,6 +60,7 @@ template <class T, class U>
 void simdgroup_load(thread simdgroup_matrix<T, 8, 8>& d, const U* src, ulong elements_per_row = 8, ulong2 matrix_origin = 0,
                     bool transpose_matrix = false, MSL_SITE_PARAM) {
   static_assert(std::is_same_v<std::remove_cv_t<U>, T>, "simdgroup_load: source element type must match the matrix");
+  simd_detail::require_plain_origin("simdgroup_load", matrix_origin, transpose_matrix, msl_site);
   simd_detail::rendezvous("simdgroup_load", msl_site);
   uint lane = msl_rt::lane_id();
   for (int j = 0; j < 2; j++)
@@ -62,6 +71,7 @@ template <class T, class U>
 void simdgroup_store(const thread simdgroup_matrix<T, 8, 8>& a, U* dst, ulong elements_per_row = 8, ulong2 matrix_origin = 0,
                      bool transpose_matrix = false, MSL_SITE_PARAM) {
   static_assert(std::is_same_v<U, T>, "simdgroup_store: destination element type must match the matrix");
+  simd_detail::require_plain_origin("simdgroup_store", matrix_origin, transpose_matrix, msl_site);
   simd_detail::rendezvous("simdgroup_store", msl_site);
   uint lane = msl_rt::lane_id();
   for (int j = 0; j < 2; j++)

@@ -31,6 +31,8 @@ struct bfloat {
   bfloat() = default;
   template <msl_arithmetic T> constexpr bfloat(T v) : bits(msl_float_to_bfloat_bits(float(v))) {}
   constexpr operator float() const { return std::bit_cast<float>(uint32_t(bits) << 16); }
+  // MSL documents no bfloat-to-bool conversion: rejected here (not taken through float) so that kernels compare.
+  explicit operator bool() const = delete;
   static constexpr bfloat from_bits(uint16_t b) { bfloat r; r.bits = b; return r; }
 
   template <msl_arithmetic T> bfloat& operator+=(T o) { return *this = bfloat(float(*this) + float(o)); }

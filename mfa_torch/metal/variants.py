@@ -1,0 +1,113 @@
+"""The shader variants the planners emit: one compiled library per (shader, kernel, defines), collected from real
+launch plans over a grid of problems and every GPU family, so that checks over "every variant" (the strict front
+end, the expanded-source tests) follow the planners instead of a hand-written list.
+
+The grid is a covering, not a cross product: every dtype against every mask kind, split and unsplit, with and
+without tile counting and mask gradients; every rounded head dim; and query/key lengths short enough to shrink the
+blocks below their table sizes. A test (tests/emulator/test_strict_front_end.py) checks that it reaches every
+define value and block-table row a much wider sweep of the planners reaches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from .. import _C
+from . import lane_layout_self_test
+
+GPU_FAMILIES = ("apple7", "apple8", "apple9", "apple10")
+DTYPES = ("float32", "float16", "bfloat16")
+MASKS = ("none", "bool") + DTYPES
+HEAD_DIM_STEP = 8  # the planners round head dims up to a multiple of 8
+MAX_HEAD_DIM = 256
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Variant:
+    shader: str
+    kernel: str
+    defines: tuple  # ((name, value), ...) in the planner's order
+
+    @property
+    def define_dict(self) -> dict:
+        return dict(self.defines)
+
+
+def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_dim=64, q_len=64, kv_len=64,
+                      q_heads=8, kv_heads=2, count_tiles=False):
+    p = _C.AttentionProblem()
+    p.family, p.dtype, p.mask, p.count_tiles = family, dtype, mask, count_tiles
+    p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len = 1, q_heads, kv_heads, q_len, kv_len
+    p.head_dim, p.value_dim = head_dim, value_dim
+    if mask != "none":
+        p.mask_strides = [0, 0, kv_len, 1]
+    return p
+
+
+def gemm_problem(family, dtype, m, n, k, has_bias=True):
+    p = _C.GemmProblem()
+    p.family, p.dtype, p.batch, p.m, p.n, p.k, p.has_bias = family, dtype, 1, m, n, k, has_bias
+    p.a_strides, p.b_strides = [0, k, 1], [0, n, 1]
+    return p
+
+
+def attention_plans(problem):
+    """The forward plan and every backward plan (with a mask gradient when the mask is floating) of one problem."""
+    yield _C.plan_attention_forward(problem)
+    yield _C.plan_attention_backward(problem, False)
+    if problem.mask not in ("none", "bool"):
+        yield _C.plan_attention_backward(problem, True)
+
+
+def _attention_grid(family):
+    decode = dict(q_len=1, kv_len=4096)  # few threadgroups, long keys: split-KV
+    for dtype in DTYPES:
+        for mask in MASKS:
+            yield attention_problem(family, dtype, mask, **decode, count_tiles=True)
+            yield attention_problem(family, dtype, mask, value_dim=48)
+    for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
+        yield attention_problem(family, head_dim=dim, value_dim=dim)
+    for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
+        for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)
+            yield attention_problem(family, q_len=q_len, kv_len=kv_len, q_heads=1, kv_heads=1)
+
+
+def _gemm_grid(family):
+    for dtype in DTYPES:
+        yield gemm_problem(family, dtype, 64, 64, 64)  # one K split
+        yield gemm_problem(family, dtype, 8, 8, 4096)  # few output tiles, long K: split-K
+
+
+def _plans():
+    for family in GPU_FAMILIES:
+        for problem in _attention_grid(family):
+            yield from attention_plans(problem)
+        for problem in _gemm_grid(family):
+            yield _C.plan_gemm(problem)
+    yield lane_layout_self_test.plan()  # the doctor's fixed plan (no planner, one variant)
+
+
+def variants_of(plans) -> list[Variant]:
+    """The distinct variants the launches of some plans compile, sorted."""
+    return sorted({Variant(launch.shader, launch.kernel, tuple(tuple(d) for d in launch.defines))
+                   for plan in plans for launch in plan.launches})
+
+
+@functools.lru_cache(maxsize=None)
+def _planned_plans() -> tuple:
+    return tuple(_plans())
+
+
+def planned_launches() -> list:
+    """Every launch of every plan over the grid above (the same variant may appear in many)."""
+    return [launch for plan in _planned_plans() for launch in plan.launches]
+
+
+@functools.lru_cache(maxsize=None)
+def _planned() -> tuple:
+    return tuple(variants_of(_planned_plans()))
+
+
+def planned_variants() -> list[Variant]:
+    """Every distinct (shader, kernel, defines) the planners emit over the grid above."""
+    return list(_planned())

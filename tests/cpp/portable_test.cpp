@@ -1,0 +1,413 @@
+// Unit tests of the portable C++ (the planners and the shader-source expansion), built without torch or pybind by
+// tests/test_portable_cpp.py with GCC and libstdc++ and with clang and libc++ (Apple's standard library), so that
+// differences between the two libraries show on Linux. Expected plan values are worked out by hand from the block
+// tables (csrc/attention/block_table.cpp, csrc/gemm/block_table.cpp) in the comments next to them.
+//
+// Usage: portable_test SHADER_DIR SCRATCH_DIR. Prints the standard library it was built with, then one line per
+// failed check; exits non-zero if any check failed.
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "attention/backward_plan.h"
+#include "attention/block_table.h"
+#include "attention/forward_plan.h"
+#include "gemm/block_table.h"
+#include "gemm/plan.h"
+#include "gemm_params.h"
+#include "gpu_family.h"
+#include "launch_plan.h"
+#include "shader_source.h"
+
+namespace {
+
+using namespace mfa;
+
+int failures = 0;
+
+void fail(const char* file, int line, const std::string& message) {
+  ++failures;
+  std::fprintf(stderr, "%s:%d: %s\n", file, line, message.c_str());
+}
+
+template <typename T>
+std::string str(const T& value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+std::string str(const std::array<uint64_t, 3>& v) {
+  return "{" + str(v[0]) + ", " + str(v[1]) + ", " + str(v[2]) + "}";
+}
+
+template <typename A, typename B>
+void check_eq(const A& actual, const B& expected, const char* what, const char* file, int line) {
+  if (!(actual == expected)) {
+    fail(file, line, std::string(what) + ": got " + str(actual) + ", expected " + str(expected));
+  }
+}
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) fail(__FILE__, __LINE__, "CHECK failed: " #cond);      \
+  } while (false)
+#define CHECK_EQ(actual, expected) check_eq((actual), (expected), #actual, __FILE__, __LINE__)
+
+// `call` throws an exception of type E whose message contains `part`.
+template <typename E>
+void check_throws(const std::function<void()>& call, const std::string& part, const char* file, int line) {
+  try {
+    call();
+  } catch (const E& e) {
+    if (std::string(e.what()).find(part) == std::string::npos) {
+      fail(file, line, "message '" + std::string(e.what()) + "' lacks '" + part + "'");
+    }
+    return;
+  } catch (const std::exception& e) {
+    fail(file, line, "threw another exception type: " + std::string(e.what()));
+    return;
+  }
+  fail(file, line, "did not throw (expected: " + part + ")");
+}
+#define CHECK_THROWS(type, call, part) check_throws<type>([&] { call; }, part, __FILE__, __LINE__)
+
+using Grid = std::array<uint64_t, 3>;
+
+std::string define(const Launch& launch, const std::string& name) {
+  for (const auto& [key, value] : launch.defines) {
+    if (key == name) return value;
+  }
+  return "<unset>";
+}
+
+// The tensor bound at [[buffer(index)]]; "<unbound>" if no argument has that index.
+std::string bound_tensor(const Launch& launch, uint32_t index) {
+  for (const Argument& a : launch.arguments) {
+    if (a.index == index) return a.tensor;
+  }
+  return "<unbound>";
+}
+
+// The params struct a launch passes as bytes at [[buffer(index)]].
+template <typename Params>
+Params bound_params(const Launch& launch, uint32_t index) {
+  Params params{};
+  for (const Argument& a : launch.arguments) {
+    if (a.index == index && a.tensor.empty() && a.bytes.size() == sizeof(Params)) {
+      std::memcpy(&params, a.bytes.data(), sizeof(Params));
+      return params;
+    }
+  }
+  throw std::runtime_error("no params of the expected size at buffer " + std::to_string(index));
+}
+
+int64_t temporary_numel(const Plan& plan, const std::string& name) {
+  for (const Temporary& t : plan.temporaries) {
+    if (t.name == name) return t.numel;
+  }
+  return -1;
+}
+
+void test_gpu_family() {
+  CHECK(parse_gpu_family("apple7") == GpuFamily::Apple7);
+  CHECK(parse_gpu_family("apple10") == GpuFamily::Apple10);
+  CHECK(!has_dynamic_caching(GpuFamily::Apple8));
+  CHECK(has_dynamic_caching(GpuFamily::Apple9));
+  CHECK_THROWS(std::invalid_argument, parse_gpu_family("apple6"), "gpu family must be one of");
+}
+
+void test_block_tables() {
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple7, 64).block_k, 64u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple8, 72).block_k, 32u);  // the 128 row
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple9, 32).block_q, 16u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple9, 32).block_k, 128u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple10, 256).block_k, 16u);
+  CHECK_EQ(attention_backward_blocks(GpuFamily::Apple9, 129).dq_block_k, 16u);  // the 256 row
+  CHECK_EQ(attention_backward_blocks(GpuFamily::Apple7, 512).dkdv_block_q, 8u);
+  CHECK_EQ(gemm_blocks(GpuFamily::Apple7, false).block_k, 24u);
+  CHECK_EQ(gemm_blocks(GpuFamily::Apple8, true).block_m, 48u);
+  CHECK_EQ(gemm_blocks(GpuFamily::Apple9, false).block_n, 32u);
+}
+
+void test_attention_forward_plan() {
+  // Apple7, dims 96/128 -> tile dim 128 -> blocks {32, 32}. 100 rows -> 4 query blocks; 50 keys -> 2 key blocks,
+  // too few to split.
+  AttentionProblem p;
+  p.family = "apple7";
+  p.batch = 1, p.q_heads = 4, p.kv_heads = 4, p.q_len = 100, p.kv_len = 50, p.head_dim = 96, p.value_dim = 128;
+  Plan plan = plan_attention_forward(p);
+  CHECK_EQ(plan.launches.size(), 1u);
+  CHECK(plan.temporaries.empty());
+  const Launch& f = plan.launches.at(0);
+  CHECK_EQ(f.shader, "attention_forward.metal");
+  CHECK_EQ(f.kernel, "attention_forward");
+  CHECK_EQ(f.threadgroups, (Grid{4, 4, 1}));
+  CHECK_EQ(f.threads_per_threadgroup, (Grid{128, 1, 1}));  // 32 rows = 4 SIMD-groups
+  CHECK_EQ(f.threadgroup_memory, 32u * 128 * 4);
+  CHECK_EQ(define(f, "MFA_T"), "float");
+  CHECK_EQ(define(f, "MFA_HEAD_DIM"), "96");
+  CHECK_EQ(define(f, "MFA_VALUE_DIM"), "128");
+  CHECK_EQ(define(f, "MFA_BLOCK_Q"), "32");
+  CHECK_EQ(define(f, "MFA_SPLIT_KV"), "0");
+  CHECK_EQ(define(f, "MFA_MASK_T"), "<unset>");
+  CHECK_EQ(bound_tensor(f, MFA_ATTN_MASK), "q");  // unused buffers are bound to q
+  CHECK_EQ(bound_tensor(f, MFA_ATTN_OUT), "out");
+  CHECK_EQ(bound_params<AttentionParams>(f, MFA_ATTN_PARAMS).num_splits, 1u);
+}
+
+// Decoding with GQA: 2 queries x group 4 = 8 packed rows; Apple9, tile dim 64 -> blocks {16, 64}.
+AttentionProblem decoding_problem() {
+  AttentionProblem p;
+  p.dtype = "float16";
+  p.batch = 1, p.q_heads = 8, p.kv_heads = 2, p.q_len = 2, p.kv_len = 4096, p.head_dim = 64, p.value_dim = 48;
+  p.mask = "float32";
+  p.mask_strides = {0, 0, 4096, 1};
+  return p;
+}
+
+void test_attention_forward_split_kv() {
+  // 1 query block of 8 rows x 2 KV heads = 2 threadgroups; 64 key blocks: splits = min(ceil(128 / 2), 64 / 4) = 16
+  // of 4 blocks each.
+  Plan plan = plan_attention_forward(decoding_problem());
+  CHECK_EQ(plan.launches.size(), 2u);
+  const Launch& f = plan.launches.at(0);
+  CHECK_EQ(f.threadgroups, (Grid{1, 2, 16}));
+  CHECK_EQ(f.threads_per_threadgroup, (Grid{32, 1, 1}));
+  CHECK_EQ(define(f, "MFA_BLOCK_Q"), "8");
+  CHECK_EQ(define(f, "MFA_BLOCK_K"), "64");
+  CHECK_EQ(define(f, "MFA_SPLIT_KV"), "1");
+  CHECK_EQ(define(f, "MFA_MASK_KIND"), std::to_string(MFA_MASK_FLOAT));
+  CHECK_EQ(define(f, "MFA_MASK_T"), "float");
+  CHECK_EQ(bound_tensor(f, MFA_ATTN_OUT), "partial_out");
+  CHECK_EQ(bound_tensor(f, MFA_ATTN_STATS), "partial_stats");
+  const AttentionParams params = bound_params<AttentionParams>(f, MFA_ATTN_PARAMS);
+  CHECK_EQ(params.num_splits, 16u);
+  CHECK_EQ(params.blocks_per_split, 4u);
+  CHECK_EQ(params.group, 4u);
+  CHECK_EQ(params.mask_strides[2], 4096);
+  CHECK_EQ(temporary_numel(plan, "partial_out"), 8 * 2 * 16 * 48);  // B Hq Lq splits Ev
+  CHECK_EQ(temporary_numel(plan, "partial_stats"), 2 * 8 * 2 * 16);
+  const Launch& combine = plan.launches.at(1);
+  CHECK_EQ(combine.kernel, "attention_combine");
+  CHECK_EQ(combine.threadgroups, (Grid{2, 8, 1}));  // one per (row, q head, sequence)
+  CHECK_EQ(bound_tensor(combine, MFA_ATTN_OUT), "out");
+}
+
+void test_attention_forward_varlen() {
+  // 3 sequences of at most 10 queries and 20 keys: 1 query block of 16 rows and 1 key block each.
+  AttentionProblem p;
+  p.batch = 1, p.q_heads = 2, p.kv_heads = 2, p.q_len = 25, p.kv_len = 50, p.head_dim = 64, p.value_dim = 64;
+  p.num_sequences = 3, p.max_seqlen_q = 10, p.max_seqlen_k = 20;
+  const Launch f = plan_attention_forward(p).launches.at(0);
+  CHECK_EQ(f.threadgroups, (Grid{1, 2, 3}));
+  CHECK_EQ(define(f, "MFA_BLOCK_Q"), "16");
+  CHECK_EQ(bound_tensor(f, MFA_ATTN_CU_Q), "cu_seqlens_q");
+  CHECK_EQ(bound_tensor(f, MFA_ATTN_CU_K), "cu_seqlens_k");
+  CHECK(bound_params<AttentionParams>(f, MFA_ATTN_PARAMS).varlen);
+}
+
+void test_attention_backward_plan() {
+  // Dims 64 + 48 = 112 -> backward blocks {32, 32, 32, 32}. dQ: 8 packed rows -> block 8, grid {1, 2, 1}. dK/dV:
+  // 4096 keys / 32 -> grid {128, 2, 1}.
+  AttentionProblem p = decoding_problem();
+  p.count_tiles = true;
+  Plan plan = plan_attention_backward(p, true);
+  CHECK_EQ(plan.launches.size(), 3u);
+  const Launch& delta = plan.launches.at(0);
+  CHECK_EQ(delta.kernel, "attention_backward_delta");
+  CHECK_EQ(delta.threadgroups, (Grid{1, 1, 1}));  // 16 rows of q, 32 per threadgroup
+  CHECK_EQ(define(delta, "MFA_VALUE_DIM"), "48");
+  const Launch& dq = plan.launches.at(1);
+  CHECK_EQ(dq.threadgroups, (Grid{1, 2, 1}));
+  CHECK_EQ(dq.threads_per_threadgroup, (Grid{32, 1, 1}));
+  CHECK_EQ(dq.threadgroup_memory, 32u * 112 * 4);
+  CHECK_EQ(define(dq, "MFA_MASK_GRAD"), "1");
+  CHECK_EQ(bound_tensor(dq, MFA_ATTN_DMASK), "dmask");
+  CHECK_EQ(bound_tensor(dq, MFA_ATTN_TILE_COUNT), "tile_count_dq");
+  const Launch& dkdv = plan.launches.at(2);
+  CHECK_EQ(dkdv.threadgroups, (Grid{128, 2, 1}));
+  CHECK_EQ(dkdv.threads_per_threadgroup, (Grid{128, 1, 1}));
+  CHECK_EQ(dkdv.threadgroup_memory, 32u * (112 + 3) * 4);
+  CHECK_EQ(temporary_numel(plan, "delta"), 16);
+  CHECK_EQ(temporary_numel(plan, "tile_count_dq"), 2);
+  CHECK_EQ(temporary_numel(plan, "tile_count_dkdv"), 256);
+  p.mask = "bool";
+  CHECK_THROWS(std::invalid_argument, plan_attention_backward(p, true), "mask_grad needs a floating mask");
+}
+
+void test_attention_bad_and_empty_problems() {
+  AttentionProblem p = decoding_problem();
+  p.head_dim = 300;
+  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "head_dim must be in [1, 256]");
+  p = decoding_problem();
+  p.q_heads = 6, p.kv_heads = 4;
+  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "q_heads must be a multiple of kv_heads");
+  p = decoding_problem();
+  p.dtype = "float64";
+  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "q must be float32, float16 or bfloat16");
+  p = decoding_problem();
+  p.family = "m3";
+  CHECK_THROWS(std::invalid_argument, plan_attention_backward(p, false), "gpu family must be one of");
+  p = decoding_problem();
+  p.q_len = 0;
+  CHECK(plan_attention_forward(p).launches.empty());
+  CHECK(plan_attention_backward(p, false).launches.empty());
+}
+
+void test_gemm_plan() {
+  // Apple7 float32 -> blocks {48, 48, 24}: 100 x 50 -> 3 x 2 threadgroups; K 30 -> 2 blocks, too few to split.
+  GemmProblem p;
+  p.family = "apple7";
+  p.batch = 1, p.m = 100, p.n = 50, p.k = 30;
+  p.a_strides = {0, 30, 1}, p.b_strides = {0, 50, 1};
+  Plan plan = plan_gemm(p);
+  CHECK_EQ(plan.launches.size(), 1u);
+  const Launch& g = plan.launches.at(0);
+  CHECK_EQ(g.threadgroups, (Grid{2, 3, 1}));  // (column blocks, row blocks, batch x splits)
+  CHECK_EQ(g.threads_per_threadgroup, (Grid{128, 1, 1}));
+  CHECK_EQ(g.threadgroup_memory, 24u * (48 + 48) * 4);
+  CHECK_EQ(define(g, "MFA_BLOCK_K"), "24");
+  CHECK_EQ(define(g, "MFA_SPLIT_K"), "0");
+  CHECK_EQ(bound_tensor(g, MFA_GEMM_BIAS), "c");  // no bias: bound to c, never read
+  p.dtype = "float16";
+  CHECK_EQ(define(plan_gemm(p).launches.at(0), "MFA_BLOCK_K"), "32");
+  p.k = 0;  // A and B are empty and may have no buffer
+  CHECK_EQ(bound_tensor(plan_gemm(p).launches.at(0), MFA_GEMM_A), "c");
+}
+
+void test_gemm_split_k() {
+  // Apple9 bfloat16 -> blocks {32, 32, 32}: one 8 x 8 output tile, K 4096 = 128 blocks: splits = min(128, 128 / 8)
+  // = 16 of 8 blocks each, then a reduce over 64 outputs.
+  GemmProblem p;
+  p.dtype = "bfloat16";
+  p.batch = 1, p.m = 8, p.n = 8, p.k = 4096, p.has_bias = true;
+  p.a_strides = {0, 4096, 1}, p.b_strides = {0, 8, 1};
+  Plan plan = plan_gemm(p);
+  CHECK_EQ(plan.launches.size(), 2u);
+  const Launch& g = plan.launches.at(0);
+  CHECK_EQ(g.threadgroups, (Grid{1, 1, 16}));
+  CHECK_EQ(bound_tensor(g, MFA_GEMM_C), "partial");
+  const GemmParams params = bound_params<GemmParams>(g, MFA_GEMM_PARAMS);
+  CHECK_EQ(params.num_splits, 16u);
+  CHECK_EQ(params.blocks_per_split, 8u);
+  CHECK_EQ(params.k, 4096u);
+  CHECK_EQ(temporary_numel(plan, "partial"), 16 * 64);
+  const Launch& reduce = plan.launches.at(1);
+  CHECK_EQ(reduce.kernel, "gemm_reduce");
+  CHECK_EQ(reduce.threadgroups, (Grid{1, 1, 1}));
+  CHECK_EQ(reduce.threads_per_threadgroup, (Grid{MFA_GEMM_REDUCE_THREADS, 1, 1}));
+  CHECK(reduce.defines == g.defines);  // one compiled library for both kernels
+  CHECK_EQ(bound_tensor(reduce, MFA_GEMM_BIAS), "bias");
+}
+
+void test_gemm_bad_and_empty_problems() {
+  GemmProblem p;
+  p.batch = 1, p.m = 4, p.n = 4, p.k = 4;
+  p.dtype = "float64";
+  CHECK_THROWS(std::invalid_argument, plan_gemm(p), "dtype must be float32, float16 or bfloat16");
+  p.dtype = "float32";
+  p.a_strides = {0, -4, 1};
+  CHECK_THROWS(std::invalid_argument, plan_gemm(p), "a_strides must be >= 0");
+  p.a_strides = {0, 4, 1};
+  p.m = int64_t(1) << 31;
+  CHECK_THROWS(std::invalid_argument, plan_gemm(p), "m must be in [0, 2^31)");
+  p.m = 0;
+  CHECK(plan_gemm(p).launches.empty());
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+size_t occurrences(const std::string& text, const std::string& part) {
+  size_t n = 0;
+  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+void test_shader_source_expansion(const std::filesystem::path& scratch) {
+  write_file(scratch / "a.h", "#pragma once\nA\n");
+  write_file(scratch / "b.h", "  #  pragma   once  \n#  include \"a.h\"\nB\n");
+  write_file(scratch / "main.metal",
+             "#include \"a.h\"\n\t#include\"b.h\" \r\n#include <metal_stdlib>\n// #include \"c.h\" stays\nmain\n");
+  write_file(scratch / "broken.metal", "#include \"a.h\"\n#include \"no_such_header.h\"\n");
+  set_shader_directory(scratch.string());
+  // a.h once (b.h includes it again), both pragmas gone, <...> includes and comments kept.
+  CHECK_EQ(expanded_shader_source("main.metal"), "A\nB\n#include <metal_stdlib>\n// #include \"c.h\" stays\nmain\n");
+  CHECK_THROWS(std::runtime_error, expanded_shader_source("broken.metal"),
+               "cannot read shader file " + (scratch / "no_such_header.h").string() + " (included from broken.metal)");
+  CHECK_THROWS(std::runtime_error, expanded_shader_source("absent.metal"), "absent.metal");
+}
+
+void test_shipped_shaders_expand(const std::filesystem::path& shader_dir) {
+  set_shader_directory(shader_dir.string());
+  size_t sources = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(shader_dir)) {
+    if (entry.path().extension() != ".metal") continue;
+    ++sources;
+    const std::string name = entry.path().filename().string();
+    const std::string text = expanded_shader_source(name);
+    if (text.find("#include \"") != std::string::npos || text.find("#pragma once") != std::string::npos) {
+      fail(__FILE__, __LINE__, name + ": a quoted include or #pragma once survived the expansion");
+    }
+    if (occurrences(text, "struct AttentionParams {") > 1 || occurrences(text, "struct GemmParams {") > 1) {
+      fail(__FILE__, __LINE__, name + ": a params struct is defined twice");
+    }
+  }
+  CHECK(sources > 0);
+  CHECK_EQ(occurrences(expanded_shader_source("attention_forward.metal"), "struct AttentionParams {"), 1u);
+  CHECK_EQ(occurrences(expanded_shader_source("gemm.metal"), "struct GemmParams {"), 1u);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s SHADER_DIR SCRATCH_DIR\n", argv[0]);
+    return 2;
+  }
+#if defined(_LIBCPP_VERSION)
+  std::printf("standard library: libc++\n");
+#elif defined(__GLIBCXX__)
+  std::printf("standard library: libstdc++\n");
+#else
+  std::printf("standard library: unknown\n");
+#endif
+  // Before any directory is set (the first thing this process does with the expansion).
+  CHECK_THROWS(std::runtime_error, expanded_shader_source("gemm.metal"), "the shader directory has not been set");
+  const std::vector<std::pair<const char*, std::function<void()>>> tests = {
+      {"gpu_family", test_gpu_family},
+      {"block_tables", test_block_tables},
+      {"attention_forward_plan", test_attention_forward_plan},
+      {"attention_forward_split_kv", test_attention_forward_split_kv},
+      {"attention_forward_varlen", test_attention_forward_varlen},
+      {"attention_backward_plan", test_attention_backward_plan},
+      {"attention_bad_and_empty_problems", test_attention_bad_and_empty_problems},
+      {"gemm_plan", test_gemm_plan},
+      {"gemm_split_k", test_gemm_split_k},
+      {"gemm_bad_and_empty_problems", test_gemm_bad_and_empty_problems},
+      {"shader_source_expansion", [&] { test_shader_source_expansion(argv[2]); }},
+      {"shipped_shaders_expand", [&] { test_shipped_shaders_expand(argv[1]); }},
+  };
+  for (const auto& [name, test] : tests) {
+    try {
+      test();
+    } catch (const std::exception& e) {
+      fail(__FILE__, __LINE__, std::string(name) + " threw: " + e.what());
+    }
+  }
+  std::printf("%d failed checks in %zu tests\n", failures, tests.size());
+  return failures == 0 ? 0 : 1;
+}
