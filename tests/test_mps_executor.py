@@ -15,6 +15,7 @@ import mfa_torch
 from mfa_torch import _C, emulator
 from mfa_torch.metal.shader_files import shader_dir
 from mfa_torch.metal.variants import planned_variants
+from test_portable_cpp import PORTABLE_SOURCES
 from torch_headers import torch_headers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,10 +40,11 @@ def test_mps_executor_sources_type_check_against_torch_headers(source):
 
 # The oldest torch the package claims (setup.py's requirement) and the C++ sources and macros of each build.
 OLDEST_TORCH = re.search(r">=\s*([0-9.]+)", SETUP["TORCH_REQUIREMENT"]).group(1)
-BUILDS = [pytest.param(ROOT / source, settings["define_macros"],
-                       id=f"{platform}-{pathlib.Path(source).relative_to('csrc')}")
-          for platform, settings in ((p, SETUP["extension_settings"](p)) for p in ("darwin", "linux"))
-          for source in settings["sources"] if source.endswith(".cpp")]
+# The macOS build's sources that include torch's headers: the rest of csrc/ includes none (tests/test_portable_cpp.py
+# builds it without torch), and the other builds compile a subset of the macOS build's code (no MFA_TORCH_WITH_MPS).
+MACOS_BUILD = SETUP["extension_settings"]("darwin")
+BUILDS = [pytest.param(ROOT / source, MACOS_BUILD["define_macros"], id=str(pathlib.Path(source).relative_to("csrc")))
+          for source in MACOS_BUILD["sources"] if source.endswith(".cpp") and ROOT / source not in PORTABLE_SOURCES]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,8 @@ def oldest_torch_include_dirs(request, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("source, macros", BUILDS)
 def test_the_extension_type_checks_against_the_oldest_supported_torch(source, macros, oldest_torch_include_dirs):
-    """Every C++ source of the macOS build (the executor against MetalShaderLibrary) and of the other builds, against
-    the headers of the torch release install_requires names as the oldest; the .mm files need Apple's compiler."""
+    """The C++ of the macOS build (the executor against MetalShaderLibrary) against the headers of the torch release
+    install_requires names as the oldest; the .mm files need Apple's compiler."""
     _type_check(source, oldest_torch_include_dirs, macros)
 
 
