@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import mfa_torch
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)  # the same examples on every run and host
 
 
 @st.composite
@@ -27,7 +27,8 @@ def sdpa_problems(draw):
     mask, causal = None, draw(st.booleans())
     if not causal and draw(st.booleans()):
         full = batch + (Hq, L, S)
-        shape = broadcast(full)[draw(st.integers(0, len(full))):]
+        # at least (L, S): PyTorch's SDPA, the yardstick here, fails on a 1-D mask (IndexError on dim -2)
+        shape = broadcast(full)[draw(st.integers(0, len(full) - 2)):]
         mask = torch.rand(shape) > 0.3 if draw(st.booleans()) else torch.randn(shape, dtype=torch.float64)
     return q, k, v, mask, causal, group > 1
 
