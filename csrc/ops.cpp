@@ -1,7 +1,10 @@
 // Schemas of the mfa ops: the one canonical argument form every kernel (reference, Metal, emulator) implements.
 //
 // Attention, canonical form:
-//   q (B, Hq, L, E), k (B, Hk, S, E), v (B, Hk, S, Ev), contiguous; Hq a multiple of Hk (GQA, never expanded).
+//   q (B, Hq, L, E), k (B, Hk, S, E), v (B, Hk, S, Ev); Hq a multiple of Hk (GQA, never expanded). Any strides over
+//         (B, H, L): views (e.g. of a packed (B, S, 3, H, D) qkv tensor) are read in place; a view whose last dim is
+//         not unit-stride is copied once by the Metal route's entry (mfa_torch/metal/attention.py), never by callers.
+//         The outputs (out, stats, dq, dk, dv, dmask) are contiguous.
 //   mask: none, bool (true = attend) or float (added to the scores), 4-D with every dim either 1 or full
 //         (B, Hq, L, S): broadcasting is read through the size-1 dims, never expanded.
 //   alibi_slopes: (1 or B, Hq) fp32, adds -slope * |i + offset - j|.

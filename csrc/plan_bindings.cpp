@@ -13,6 +13,21 @@ namespace py = pybind11;
 namespace mfa {
 
 void bind_plans(py::module& m) {
+  // The planners throw std::invalid_argument for requests they cannot plan: bad arguments, raised as an exception
+  // that is a ValueError and a RuntimeError, like every argument error of mfa_torch (PyTorch's SDPA and
+  // FlashAttention raise RuntimeError there, and code written for them catches that). The reference is never
+  // released: the class lives as long as the process.
+  static py::handle invalid_argument = PyErr_NewException(
+      "mfa_torch._C.InvalidArgument", py::make_tuple(py::handle(PyExc_ValueError), py::handle(PyExc_RuntimeError)).ptr(),
+      nullptr);
+  m.attr("InvalidArgument") = invalid_argument;
+  py::register_local_exception_translator([](std::exception_ptr thrown) {
+    try {
+      if (thrown) std::rethrow_exception(thrown);
+    } catch (const std::invalid_argument& error) {
+      PyErr_SetString(invalid_argument.ptr(), error.what());
+    }
+  });
   // Plans are built by the C++ planners; Python builds only fixed ones (the lane-layout self-test's plan, the
   // doctor's compile-only launches), which then run through the same executors.
   py::class_<Argument>(m, "Argument")
@@ -50,6 +65,9 @@ void bind_plans(py::module& m) {
       .def_readwrite("value_dim", &AttentionProblem::value_dim)
       .def_readwrite("mask", &AttentionProblem::mask)
       .def_readwrite("mask_strides", &AttentionProblem::mask_strides)
+      .def_readwrite("q_strides", &AttentionProblem::q_strides)
+      .def_readwrite("k_strides", &AttentionProblem::k_strides)
+      .def_readwrite("v_strides", &AttentionProblem::v_strides)
       .def_readwrite("has_alibi", &AttentionProblem::has_alibi)
       .def_readwrite("alibi_batch_stride", &AttentionProblem::alibi_batch_stride)
       .def_readwrite("num_sequences", &AttentionProblem::num_sequences)

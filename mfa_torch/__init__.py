@@ -2,7 +2,10 @@
 
 Public API only; see README.md for routes, semantics and the backend switch.
 """
-from .attention import explain, flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
+from ._validation import ArgumentError, ArgumentTypeError
+from .attention import (explain, flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                        flash_attn_varlen_func, flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func,
+                        scaled_dot_product_attention)
 from .gemm import linear, matmul
 from .patch import patch, unpatch
 from .routing import backend, get_backend, set_backend
@@ -10,6 +13,8 @@ from .routing import backend, get_backend, set_backend
 __version__ = "0.1.0"
 
 __all__ = [
-    "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "matmul", "linear",
-    "set_backend", "get_backend", "backend", "explain", "patch", "unpatch",
+    "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "flash_attn_qkvpacked_func",
+    "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func", "matmul",
+    "linear", "set_backend", "get_backend", "backend", "explain", "patch", "unpatch", "ArgumentError",
+    "ArgumentTypeError",
 ]

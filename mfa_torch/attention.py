@@ -4,17 +4,20 @@ Two conventions meet here:
   scaled_dot_product_attention: torch's (N..., H, L, E) layout, causal aligned to the upper left;
   flash_attn_func / flash_attn_varlen_func: FlashAttention's (B, S, H, D) layout, causal aligned to the
   bottom right (query i sees keys up to i + S - L).
-The ops take one canonical form (csrc/ops.cpp) with the alignment explicit.
+The ops take one canonical form (csrc/ops.cpp) with the alignment explicit; q, k and v reach them as views of the
+caller's tensors (transposes, packed qkv), never copies.
 """
 import math
 import numbers
 
 import torch
+from torch.nn.attention.bias import CausalBias, CausalVariant
 
 from . import ops  # noqa: F401  (registers the ops' kernels and autograd)
-from . import routing
+from . import reference, routing
 from .metal import attention as metal_attention
-from ._validation import check_dropout, check_float_tensors, check_scale, check_softcap, check_window, require
+from ._validation import (ArgumentTypeError, check_dropout, check_float_tensors, check_scale, check_softcap,
+                          check_window, overrides_torch_functions, require)
 
 # torch's own SDPA, bound at import so that mfa_torch.patch() can reroute torch.nn.functional safely.
 _torch_sdpa = torch._C._nn.scaled_dot_product_attention
@@ -30,13 +33,19 @@ class _OpCall:
                      dropout_p)
 
     def run(self):
+        """(out, softmax stats, the dropout seed or None)."""
         dropout_p = self.args[-1]
         # The keep mask is keyed by (seed, offset) with the seed drawn from torch's default generator, so
         # torch.manual_seed reproduces it; a tensor keeps the draw traceable by torch.compile.
         seed = torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64), torch.zeros((), dtype=torch.int64)]) \
             if dropout_p > 0 else None
         out, stats = torch.ops.mfa.attention_forward(*self.args, seed)
-        return out, _log_sum_exp(stats)
+        return out, stats, seed
+
+    def dropped_probabilities(self, stats, seed):
+        """FlashAttention's S_dmask for a run of this call: its probabilities, dropped ones negated."""
+        with torch.no_grad():
+            return reference.attention_probabilities(*self.args, seed, stats).to(self.args[0].dtype)
 
 
 def _log_sum_exp(stats):
@@ -45,20 +54,25 @@ def _log_sum_exp(stats):
     return torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_max, float("-inf")))
 
 
-def _check_heads(Hq, Hk, Hv, enable_gqa, names):
+def _check_heads(Hq, Hk, Hv, enable_gqa, names, kv_heads_may_differ=False):
+    """Grouped-query heads: Hk and Hv each divide Hq (PyTorch's SDPA lets them differ, FlashAttention does not)."""
     q_name, k_name, v_name = names
-    require(Hk == Hv, f"{k_name} and {v_name} must have the same number of heads, got {Hk} and {Hv}")
-    if Hq != Hk:
-        require(enable_gqa, f"{q_name} has {Hq} heads but {k_name} has {Hk}: pass enable_gqa=True for "
-                            "grouped-query attention")
-        require(Hk > 0 and Hq % Hk == 0,
-                f"{q_name} heads ({Hq}) must be a multiple of {k_name} heads ({Hk}) for grouped-query attention")
+    require(kv_heads_may_differ or Hk == Hv,
+            f"{k_name} and {v_name} must have the same number of heads, got {Hk} and {Hv}")
+    for name, heads in ((k_name, Hk), (v_name, Hv)):
+        if heads != Hq:
+            require(enable_gqa, f"{q_name} has {Hq} heads but {name} has {heads}: pass enable_gqa=True for "
+                                "grouped-query attention")
+            require(heads > 0 and Hq % heads == 0, f"Number of heads in key and value must divide the number of "
+                                                   f"heads in query: {q_name} heads ({Hq}) must be a multiple of "
+                                                   f"{name} heads ({heads})")
 
 
 def _check_alibi(alibi_slopes, q, shapes, description):
     """ALiBi slopes of one of `shapes`; returned as (1 or batch, heads) fp32."""
-    require(isinstance(alibi_slopes, torch.Tensor), "alibi_slopes must be a torch.Tensor", TypeError)
-    require(alibi_slopes.is_floating_point(), f"alibi_slopes must be floating, got {alibi_slopes.dtype}", TypeError)
+    require(isinstance(alibi_slopes, torch.Tensor), "alibi_slopes must be a torch.Tensor", ArgumentTypeError)
+    require(alibi_slopes.is_floating_point(), f"alibi_slopes must be floating, got {alibi_slopes.dtype}",
+            ArgumentTypeError)
     require(alibi_slopes.device == q.device, f"alibi_slopes is on {alibi_slopes.device} but the query is on {q.device}")
     require(not alibi_slopes.requires_grad, "alibi_slopes must not require grad: gradients of ALiBi slopes are "
                                             "not supported")
@@ -77,30 +91,36 @@ class _SdpaRequest:
     def __init__(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
                  alibi_slopes, softcap, return_lse):
         check_float_tensors(query=query, key=key, value=value)
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            require(t.dim() >= 2, f"{name} must have at least 2 dimensions (..., seq_len, head_dim), got shape "
-                                  f"{tuple(t.shape)}")
+        require(min(t.dim() for t in (query, key, value)) >= 2,
+                f"Expected query, key, and value to all be at least 2 dimensional (..., seq_len, head_dim), but got "
+                f"query.dim: {query.dim()}, key.dim: {key.dim()}, value.dim: {value.dim()}")
         require(key.shape[-1] == query.shape[-1],
                 f"key head_dim {key.shape[-1]} must equal query head_dim {query.shape[-1]}")
         require(value.shape[-2] == key.shape[-2],
                 f"value seq_len {value.shape[-2]} must equal key seq_len {key.shape[-2]}")
         head = lambda t: t.shape[-3] if t.dim() >= 3 else 1  # noqa: E731
-        require(isinstance(enable_gqa, bool), "enable_gqa must be a bool", TypeError)
-        _check_heads(head(query), head(key), head(value), enable_gqa, ("query", "key", "value"))
+        require(isinstance(enable_gqa, bool), "enable_gqa must be a bool", ArgumentTypeError)
+        _check_heads(head(query), head(key), head(value), enable_gqa, ("query", "key", "value"),
+                     kv_heads_may_differ=True)
         batch_of = lambda t: tuple(t.shape[:-3])  # noqa: E731
         try:
             self.batch = tuple(torch.broadcast_shapes(batch_of(query), batch_of(key), batch_of(value)))
         except RuntimeError:
-            raise ValueError(f"batch dimensions of query {batch_of(query)}, key {batch_of(key)} and value "
-                             f"{batch_of(value)} are not broadcastable") from None
+            require(False, f"batch dimensions of query {batch_of(query)}, key {batch_of(key)} and value "
+                           f"{batch_of(value)} are not broadcastable")
         self.B = math.prod(self.batch)
         self.q, self.k, self.v = query, key, value
-        self.Hq, self.Hk = head(query), head(key)
+        self.Hq = head(query)
+        # Key and value heads may differ (each dividing Hq): the ops take one count, the least common multiple.
+        self.Hk = math.lcm(head(key), head(value)) if head(key) and head(value) else head(key)
         self.L, self.S, self.E = query.shape[-2], key.shape[-2], query.shape[-1]
-        self.dropout_p = check_dropout(dropout_p)
-        require(isinstance(is_causal, bool), "is_causal must be a bool", TypeError)
+        self.dropout_p = check_dropout(dropout_p, one_allowed=True)
+        require(isinstance(is_causal, bool), "is_causal must be a bool", ArgumentTypeError)
+        self.bottom_right = False
+        if isinstance(attn_mask, CausalBias):
+            attn_mask, is_causal = self._causal_bias(attn_mask, is_causal)
         require(not (is_causal and attn_mask is not None),
-                "attn_mask and is_causal=True cannot be combined: fold the causal structure into attn_mask")
+                "Explicit attn_mask should not be set when is_causal=True (fold the causal structure into attn_mask)")
         self.is_causal, self.enable_gqa = is_causal, enable_gqa
         self.scale = (1.0 / math.sqrt(self.E) if self.E > 0 else 1.0) if scale is None else \
             check_scale("scale", scale)
@@ -113,19 +133,32 @@ class _SdpaRequest:
         if alibi_slopes is not None:
             self.alibi = _check_alibi(alibi_slopes, query, {(self.Hq,), self.batch + (self.Hq,)},
                                       f"({self.Hq},) or {self.batch + (self.Hq,)}")
-        require(isinstance(return_lse, bool), "return_lse must be a bool", TypeError)
+        require(isinstance(return_lse, bool), "return_lse must be a bool", ArgumentTypeError)
         self.torch_lacks = [name for name, wanted in (
-            ("window_size", window_size is not None and tuple(window_size) != (-1, -1)),
+            ("window_size", (left, right) != (-1, -1)),
+            ("lower-right causal alignment (causal_lower_right) with L != S", self.bottom_right),
             ("alibi_slopes", alibi_slopes is not None),
             ("softcap", self.softcap > 0),
             ("return_lse", return_lse)) if wanted]
         self.metal_lacks = metal_attention.metal_lacks(query.dtype, query.shape[-1], value.shape[-1])
 
+    def _causal_bias(self, bias, is_causal):
+        """torch.nn.attention.bias's causal_upper_left / causal_lower_right, read as PyTorch reads them: upper-left
+        causal, or lower-right causal when its L != S. Returns (attn_mask, is_causal) with the bias folded in."""
+        require(not is_causal, "CausalBias should not be used with causal=True")
+        if bias.variant == CausalVariant.LOWER_RIGHT and bias.seq_len_q != bias.seq_len_kv:
+            require((bias.seq_len_q, bias.seq_len_kv) == (self.L, self.S),
+                    f"attn_mask is causal_lower_right({bias.seq_len_q}, {bias.seq_len_kv}) but query and key have "
+                    f"L = {self.L} and S = {self.S}")
+            self.bottom_right = True
+        return None, True
+
     def _check_mask(self, mask):
         require(isinstance(mask, torch.Tensor), f"attn_mask must be a torch.Tensor, got {type(mask).__name__}",
-                TypeError)
+                ArgumentTypeError)
         require(mask.dtype in (torch.bool, torch.float32, self.q.dtype),
-                f"attn_mask must be bool, float32 or the query's dtype {self.q.dtype}, got {mask.dtype}", TypeError)
+                f"Expected attn_mask dtype to be bool or float or to match query dtype, but got attn_mask.dtype: "
+                f"{mask.dtype} and query.dtype: {self.q.dtype}", ArgumentTypeError)
         require(mask.device == self.q.device, f"attn_mask is on {mask.device} but query is on {self.q.device}")
         full = self.batch + (self.Hq, self.L, self.S)
         broadcastable = mask.dim() <= len(full) and all(
@@ -142,9 +175,12 @@ class _SdpaRequest:
                            scale=self.user_scale, enable_gqa=self.enable_gqa)
 
     def _canonical_qkv(self, t, heads):
-        """(N..., H, L, D) -> contiguous (B, H, L, D); broadcast batch dims are expanded only here."""
+        """(N..., H, L, D) -> (B, heads, L, D), a view where the batch dims merge (broadcast ones are expanded
+        here; heads fewer than `heads` are repeated: key and value heads that differ)."""
         t = t.reshape((1,) * (len(self.batch) + 3 - t.dim()) + tuple(t.shape))
-        return t.expand(*self.batch, heads, *t.shape[-2:]).reshape(self.B, heads, *t.shape[-2:]).contiguous()
+        if t.shape[-3] != heads:
+            t = t.repeat_interleave(heads // t.shape[-3], dim=-3)
+        return t.expand(*self.batch, heads, *t.shape[-2:]).reshape(self.B, heads, *t.shape[-2:])
 
     def _canonical_mask(self):
         """The mask as 4-D (1 or B, 1 or Hq, 1 or L, 1 or S): broadcast dims stay size 1, never expanded.
@@ -160,10 +196,39 @@ class _SdpaRequest:
         k = self._canonical_qkv(self.k, self.Hk)
         v = self._canonical_qkv(self.v, self.Hk)
         mask = None if self.mask is None else self._canonical_mask()
-        out, lse = _OpCall(q, k, v, mask=mask, alibi=self.alibi, scale=self.scale, window=self.window,
-                           softcap=self.softcap, dropout_p=self.dropout_p).run()
+        # dropout_p = 1 drops everything: PyTorch's dropout multiplies by 0 (zeros, and NaN where the
+        # probabilities are NaN); the ops' keep mask takes p < 1, so the product is formed here.
+        everything_dropped = self.dropout_p == 1
+        out, stats, _ = _OpCall(q, k, v, mask=mask, alibi=self.alibi, scale=self.scale, window=self.window,
+                                bottom_right=self.bottom_right, softcap=self.softcap,
+                                dropout_p=0.0 if everything_dropped else self.dropout_p).run()
+        if everything_dropped:
+            out = out * 0
         lead = self.batch + (self.Hq,) if self.q.dim() >= 3 else ()
-        return out.reshape(*lead, self.L, out.shape[-1]), lse.reshape(*lead, self.L)
+        return out.reshape(*lead, self.L, out.shape[-1]), _log_sum_exp(stats).reshape(*lead, self.L)
+
+
+def _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size, alibi_slopes,
+                  softcap, return_lse):
+    """(request, route) of an sdpa call; request None when the call goes to PyTorch's function as it is."""
+    mask = None if isinstance(attn_mask, CausalBias) else attn_mask  # a subclass mfa_torch reads itself
+    foreign = next(((name, t) for name, t in (("query", query), ("key", key), ("value", value), ("attn_mask", mask),
+                                              ("alibi_slopes", alibi_slopes)) if overrides_torch_functions(t)), None)
+    if foreign is not None:
+        name, t = foreign
+        kind = "a nested tensor" if t.is_nested else f"a {type(t).__name__}"
+        extras = [extra for extra, given in (("window_size", window_size is not None),
+                                             ("alibi_slopes", alibi_slopes is not None), ("softcap", softcap != 0),
+                                             ("return_lse", return_lse is True)) if given]
+        require(not extras, f"{name} is {kind}: PyTorch's scaled_dot_product_attention decides what such calls "
+                            f"mean (mfa_torch hands them to it), and it has no {', '.join(extras)}",
+                ArgumentTypeError)
+        return None, routing.Route("torch-sdpa", f"{name} is {kind}, whose type gives PyTorch's functions their "
+                                                 "meaning: the call goes to PyTorch's SDPA unchanged")
+    request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
+                           alibi_slopes, softcap, return_lse)
+    return request, routing.choose(query.device, request.torch_lacks, request.metal_lacks,
+                                   dropout=request.dropout_p > 0)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -171,15 +236,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  return_lse=False):
     """Drop-in for torch.nn.functional.scaled_dot_product_attention, with keyword-only extras.
 
-    window_size=(left, right): query i attends keys i - left .. i + right (-1 = unbounded), aligned to the
-    upper left like is_causal (which forces right = 0). alibi_slopes (Hq,) or (N..., Hq): adds
-    -slope * |i - j|. softcap > 0: scores = softcap * tanh(scores / softcap) before ALiBi and masks.
-    return_lse=True also returns the log-sum-exp, fp32, natural log, shape (N..., Hq, L).
-    Rows that attend no key give 0 (and lse -inf, zero gradients), never NaN.
+    attn_mask may be torch.nn.attention.bias.causal_upper_left / causal_lower_right. window_size=(left, right):
+    query i attends keys i - left .. i + right (-1 = unbounded), aligned like the causal structure (upper left;
+    lower right with causal_lower_right). alibi_slopes (Hq,) or (N..., Hq): adds -slope * |i - j|. softcap > 0:
+    scores = softcap * tanh(scores / softcap) before ALiBi and masks. return_lse=True also returns the log-sum-exp,
+    fp32, natural log, shape (N..., Hq, L). Rows that attend no key give 0 (and lse -inf, zero gradients), never NaN.
+    Dropout on mfa_torch's kernels uses mfa_torch's counter-based keep mask, not PyTorch's RNG stream.
+    Tensor subclasses with their own __torch_function__ (and nested tensors) go to PyTorch's function unchanged.
     """
-    request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
-                           alibi_slopes, softcap, return_lse)
-    route = routing.choose(query.device, request.torch_lacks, request.metal_lacks)
+    request, route = _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
+                                   alibi_slopes, softcap, return_lse)
+    if request is None:
+        return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     if route.name == "torch-sdpa":
         return request.torch_sdpa()
     out, lse = request.run_ops()
@@ -189,16 +257,20 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 def explain(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
             window_size=None, alibi_slopes=None, softcap=0.0, return_lse=False):
     """Which route scaled_dot_product_attention would take for these arguments, and why (a short string)."""
-    request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
-                           alibi_slopes, softcap, return_lse)
-    return str(routing.choose(query.device, request.torch_lacks, request.metal_lacks))
+    return str(_sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
+                             alibi_slopes, softcap, return_lse)[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
 # FlashAttention API
 
+# return_attn_probs=True with dropout materialises the probabilities (FlashAttention's S_dmask, a debugging aid):
+# up to this many elements, 256 MiB in fp32.
+MAX_ATTN_PROBS_ELEMENTS = 1 << 26
+
+
 def _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, head_dim):
-    require(isinstance(causal, bool), "causal must be a bool", TypeError)
+    require(isinstance(causal, bool), "causal must be a bool", ArgumentTypeError)
     left, right = check_window(window_size)
     scale = (1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0) if softmax_scale is None else \
         check_scale("softmax_scale", softmax_scale)
@@ -206,13 +278,36 @@ def _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, head_
             check_softcap("softcap", softcap))
 
 
+def _check_attn_probs(return_attn_probs, dropout_p, shape):
+    """Whether the call returns S_dmask (return_attn_probs with dropout, as FlashAttention), of this shape."""
+    require(isinstance(return_attn_probs, bool), "return_attn_probs must be a bool", ArgumentTypeError)
+    wanted = return_attn_probs and dropout_p > 0
+    require(not wanted or math.prod(shape) <= MAX_ATTN_PROBS_ELEMENTS,
+            f"return_attn_probs=True with dropout_p > 0 returns the attention probabilities S_dmask of shape {shape}: "
+            f"{math.prod(shape)} elements, above mfa_torch's limit of {MAX_ATTN_PROBS_ELEMENTS} "
+            "(mfa_torch.attention.MAX_ATTN_PROBS_ELEMENTS); pass return_attn_probs=False (or dropout_p=0.0, which "
+            "returns the log-sum-exp without S_dmask)")
+    return wanted
+
+
+def _flash_run(call, return_attn_probs, with_probs, finish):
+    """Runs `call`; returns finish(out), or (finish(out), lse, S_dmask or None) for return_attn_probs."""
+    out, stats, seed = call.run()
+    if not return_attn_probs:
+        return finish(out)
+    return finish(out), _log_sum_exp(stats), call.dropped_probabilities(stats, seed) if with_probs else None
+
+
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """FlashAttention's flash_attn_func: q (B, Sq, H, D), k/v (B, Sk, Hk, D/Dv), H a multiple of Hk.
 
-    Causal and windows are aligned to the bottom right. Returns out (B, Sq, H, Dv); with
-    return_attn_probs=True returns (out, lse (B, H, Sq) fp32, None). `deterministic` is accepted for
-    compatibility: mfa_torch's backward is always deterministic.
+    Causal and windows are aligned to the bottom right. Returns out (B, Sq, H, Dv); with return_attn_probs=True
+    returns (out, lse (B, H, Sq) fp32, S_dmask): with dropout, S_dmask is (B, H, Sq, Sk) in q's dtype, the softmax
+    probabilities with the dropped ones negated; without dropout, None. window_size: any pair of ints (or a
+    2-element integer tensor). Dropout uses mfa_torch's counter-based keep mask (the backward regenerates it), not
+    PyTorch's RNG stream. `deterministic` is accepted for compatibility: mfa_torch's backward is always
+    deterministic.
     """
     check_float_tensors(q=q, k=k, v=v)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -224,10 +319,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     _check_heads(H, k.shape[2], v.shape[2], True, ("q", "k", "v"))
     dropout_p, scale, window, softcap = _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, D)
     alibi = None if alibi_slopes is None else _check_alibi(alibi_slopes, q, {(H,), (B, H)}, f"({H},) or ({B}, {H})")
-    require(isinstance(return_attn_probs, bool), "return_attn_probs must be a bool", TypeError)
     Sk = k.shape[1]
+    with_probs = _check_attn_probs(return_attn_probs, dropout_p, (B, H, Sq, Sk))
     torch_lacks = [name for name, wanted in (
-        ("window_size", tuple(window_size) != (-1, -1)),
+        ("window_size", window != (-1, 0 if causal else -1)),
         ("bottom-right causal alignment with seqlen_q != seqlen_k", causal and Sq != Sk),
         ("alibi_slopes", alibi is not None),
         ("softcap", softcap > 0),
@@ -237,18 +332,16 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         out = _torch_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, dropout_p, causal,
                           scale=softmax_scale, enable_gqa=H != k.shape[2])
         return out.transpose(1, 2).contiguous()
-    canonical = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
-    out, lse = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, scale=scale, window=window,
-                       bottom_right=True, softcap=softcap, dropout_p=dropout_p).run()
-    out = out.transpose(1, 2).contiguous()
-    return (out, lse, None) if return_attn_probs else out
+    call = _OpCall(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), alibi=alibi, scale=scale, window=window,
+                   bottom_right=True, softcap=softcap, dropout_p=dropout_p)
+    return _flash_run(call, return_attn_probs, with_probs, lambda out: out.transpose(1, 2).contiguous())
 
 
 def _check_cu_seqlens(name, cu, device):
     """Type, shape and device here; the values are checked by the op when it runs (they live on the device,
     and reading them here would break torch.compile tracing)."""
-    require(isinstance(cu, torch.Tensor), f"{name} must be a torch.Tensor", TypeError)
-    require(cu.dtype == torch.int32, f"{name} must be int32, got {cu.dtype}", TypeError)
+    require(isinstance(cu, torch.Tensor), f"{name} must be a torch.Tensor", ArgumentTypeError)
+    require(cu.dtype == torch.int32, f"{name} must be int32, got {cu.dtype}", ArgumentTypeError)
     require(cu.dim() == 1 and cu.shape[0] >= 2, f"{name} must be 1-D of length batch + 1 (at least 2), got "
                                                 f"shape {tuple(cu.shape)}")
     require(cu.device == device, f"{name} is on {cu.device} but q is on {device}")
@@ -256,11 +349,15 @@ def _check_cu_seqlens(name, cu, device):
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False):
+                           deterministic=False, return_attn_probs=False, block_table=None):
     """FlashAttention's varlen API: sequences packed along dim 0, q (total_q, H, D), k/v (total_k, Hk, D/Dv),
     cu_seqlens int32 (batch + 1,) starting at 0. Each sequence attends within itself, causal and windows
     aligned to its bottom right. Returns out (total_q, H, Dv); with return_attn_probs=True
-    (out, lse (H, total_q) fp32, None). Rows past cu_seqlens_q[-1] get 0."""
+    (out, lse (H, total_q) fp32, S_dmask): with dropout, S_dmask is (batch, H, max_seqlen_q, max_seqlen_k), each
+    sequence's probabilities (dropped ones negated) in its top-left corner and 0 elsewhere; without dropout, None.
+    Rows past cu_seqlens_q[-1] get 0. block_table (paged K/V caches) is not implemented yet: None only."""
+    require(block_table is None, "block_table (paged K/V caches) is not supported by mfa_torch yet: pass "
+                                 "block_table=None with k and v as packed (total_k, Hk, D) tensors", NotImplementedError)
     check_float_tensors(q=q, k=k, v=v)
     for name, t in (("q", q), ("k", k), ("v", v)):
         require(t.dim() == 3, f"{name} must be 3-D (total_tokens, heads, head_dim), got shape {tuple(t.shape)}")
@@ -275,17 +372,64 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             f"{cu_seqlens_k.shape[0]}")
     for name, given in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         require(isinstance(given, numbers.Integral) and not isinstance(given, bool),
-                f"{name} must be an int, got {type(given).__name__}", TypeError)
+                f"{name} must be an int, got {type(given).__name__}", ArgumentTypeError)
     dropout_p, scale, window, softcap = _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, D)
     batch = cu_seqlens_q.shape[0] - 1
     alibi = None if alibi_slopes is None else \
         _check_alibi(alibi_slopes, q, {(H,), (batch, H)}, f"({H},) or ({batch}, {H})")
-    require(isinstance(return_attn_probs, bool), "return_attn_probs must be a bool", TypeError)
+    with_probs = _check_attn_probs(return_attn_probs, dropout_p, (batch, H, int(max_seqlen_q), int(max_seqlen_k)))
     # raises for backends that cannot take the call
     routing.choose(q.device, ["varlen (cu_seqlens)"], metal_attention.metal_lacks(q.dtype, D, v.shape[2]))
-    canonical = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()  # noqa: E731
-    out, lse = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
-                       max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window,
-                       bottom_right=True, softcap=softcap, dropout_p=dropout_p).run()
-    out = out[0].transpose(0, 1).contiguous()
-    return (out, lse[0], None) if return_attn_probs else out
+    canonical = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
+    call = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
+                   max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window, bottom_right=True,
+                   softcap=softcap, dropout_p=dropout_p)
+    result = _flash_run(call, return_attn_probs, with_probs, lambda out: out[0].transpose(0, 1).contiguous())
+    return (result[0], result[1][0], result[2]) if return_attn_probs else result
+
+
+# Packed inputs: FlashAttention's layouts with q, k, v (or k, v) stacked along one dimension. They reach the
+# ops as views of the packed tensor (unbind), never copies; the gradient of the packed tensor is assembled by
+# autograd from the views' gradients.
+
+def _unpack(name, packed, dim, count, layout):
+    require(isinstance(packed, torch.Tensor), f"{name} must be a torch.Tensor, got {type(packed).__name__}",
+            ArgumentTypeError)
+    require(packed.dim() == len(layout) and packed.shape[dim] == count,
+            f"{name} must have shape {layout}, got {tuple(packed.shape)}")
+    return packed.unbind(dim)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash_attn_func on qkv (B, S, 3, H, D): q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]."""
+    q, k, v = _unpack("qkv", qkv, 2, 3, ("batch", "seqlen", 3, "heads", "head_dim"))
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash_attn_func on q (B, Sq, H, D) and kv (B, Sk, 2, Hk, D): k, v = kv[:, :, 0], kv[:, :, 1]."""
+    k, v = _unpack("kv", kv, 2, 2, ("batch", "seqlen_k", 2, "heads_k", "head_dim"))
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
+                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False):
+    """flash_attn_varlen_func on qkv (total, 3, H, D), the queries' and keys' sequences the same."""
+    q, k, v = _unpack("qkv", qkv, 1, 3, ("total", 3, "heads", "head_dim"))
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale,
+                                  causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash_attn_varlen_func on q (total_q, H, D) and kv (total_k, 2, Hk, D)."""
+    k, v = _unpack("kv", kv, 1, 2, ("total_k", 2, "heads_k", "head_dim"))
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)

@@ -30,8 +30,8 @@ def matmul(input, other):
     try:
         batch = tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     except RuntimeError:
-        raise ValueError(f"matmul: batch dimensions of input {tuple(input.shape)} and other {tuple(other.shape)} "
-                         "are not broadcastable") from None
+        require(False, f"matmul: batch dimensions of input {tuple(input.shape)} and other {tuple(other.shape)} are "
+                       "not broadcastable")
     route(input)
     out = torch.ops.mfa.gemm(_batched(a, batch), _batched(b, batch), None)
     out = out.reshape(*batch, a.shape[-2], b.shape[-1]) if batch else out.reshape(a.shape[-2], b.shape[-1])

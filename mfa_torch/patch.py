@@ -6,8 +6,9 @@ at call time (diffusers' processors and attention dispatcher, transformers' sdpa
 nn.MultiheadAttention) sees the patch; a name bound earlier with `from torch.nn.functional import
 scaled_dot_product_attention` keeps the original function.
 
-Calls mfa_torch does not take (tensors off cpu/mps, tensor subclasses, nested tensors, integer dtypes,
-`out=`) go to the function that was replaced, unchanged. On CPU, mfa_torch itself hands whatever PyTorch's
+Calls mfa_torch does not take (tensors off cpu/mps, tensor subclasses with their own __torch_function__, nested
+tensors, integer dtypes, `out=`) go to the function that was replaced, unchanged; an attention mask from
+torch.nn.attention.bias (causal_upper_left / causal_lower_right) is read by mfa_torch itself. On CPU, mfa_torch itself hands whatever PyTorch's
 SDPA implements to PyTorch's kernel, so patching changes no result there. Each patched function has an
 `explain(...)` attribute taking the same arguments and saying where such a call goes.
 """
@@ -20,10 +21,9 @@ import torch.nn.functional as F
 
 from . import attention as _attention
 from . import gemm as _gemm
-from ._validation import FLOAT_DTYPES
+from ._validation import FLOAT_DTYPES, overrides_torch_functions
 
 _DEVICES = ("cpu", "mps")  # elsewhere (CUDA, ...) PyTorch's own kernels are the better choice
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 _lock = threading.Lock()
 _installed = {}  # name -> (wrapper, replaced function), for the targets currently patched
@@ -39,10 +39,12 @@ def _declines(*tensors):
     for t in tensors:
         if t is None:
             continue
-        if type(t) not in _PLAIN:
-            return f"{type(t).__name__} arguments are not plain tensors"
+        if not isinstance(t, torch.Tensor):
+            return f"{type(t).__name__} arguments"
         if t.is_nested:
             return "nested tensors"
+        if overrides_torch_functions(t):
+            return f"{type(t).__name__} arguments: their type gives torch functions their meaning"
         if t.device.type not in _DEVICES:
             return f"tensors on {t.device.type}: mfa_torch accelerates {' and '.join(_DEVICES)} only"
         if t.dtype not in FLOAT_DTYPES:

@@ -315,6 +315,27 @@ def attention_backward(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seq
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dmask
 
 
+def attention_probabilities(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                            scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, stats):
+    """The probabilities exp(s - m) / l of a forward that returned these softmax stats, with the ones its dropout
+    dropped negated (FlashAttention's S_dmask): (B, Hq, L, S), or for varlen calls (sequences, Hq, max_seqlen_q,
+    max_seqlen_k) with each sequence in the top-left corner and 0 elsewhere. Materialises every score."""
+    B, Hq, L, _ = q.shape
+    varlen = cu_seqlens_q is not None
+    shape = (cu_seqlens_q.shape[0] - 1, Hq, max_seqlen_q, max_seqlen_k) if varlen else (B, Hq, L, k.shape[2])
+    result = torch.zeros(shape, dtype=_acc_dtype(q.dtype), device=q.device)
+    problems = _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                         (window_left, window_right), bottom_right, softcap, dropout_p, dropout_seed)
+    for index, (rows, _, pb) in enumerate(problems):
+        s, _ = pb.scores(0, pb.L, 0, pb.S)
+        row_max, row_sum = stats[:, :, rows].to(pb.acc).view(pb.B, pb.Hk, pb.G, pb.L, 2).unbind(-1)
+        p = _probabilities(s, row_max, row_sum)
+        keep = pb.keep_scale(0, pb.L, 0, pb.S, p)
+        p = (p if keep is None else torch.where(keep > 0, p, -p)).view(pb.B, Hq, pb.L, pb.S)
+        result[index:index + 1 if varlen else B, :, :pb.L, :pb.S] = p
+    return result
+
+
 def gemm(a, b, bias):
     out = _matmul(a, b)
     return out + bias if bias is not None else out

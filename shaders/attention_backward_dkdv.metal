@@ -55,11 +55,17 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   const uint tile_col = mfa_tile_col(lane);
   const int key = key0 + int(sg) * 8 + int(mfa_tile_row(lane));
   const bool key_valid = key < sq.kv_len;
+  // q, k and v are read through their strides; stats, delta, grad_out, dk and dv are dense, kv_row is this key's
+  // index in dk and dv.
   const long kv_row = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first + key;
   simdgroup_float8x8 k_tiles[MFA_HEAD_DIM / 8], v_tiles[MFA_VALUE_DIM / 8];
   simdgroup_float8x8 dk_tiles[MFA_HEAD_DIM / 8], dv_tiles[MFA_VALUE_DIM / 8];
-  mfa_load_row_tiles<MFA_HEAD_DIM>(k_tiles, k + kv_row * p.head_dim, key_valid, p.head_dim, lane);
-  mfa_load_row_tiles<MFA_VALUE_DIM>(v_tiles, v + kv_row * p.value_dim, key_valid, p.value_dim, lane);
+  mfa_load_row_tiles<MFA_HEAD_DIM>(
+      k_tiles, k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid,
+      p.head_dim, lane);
+  mfa_load_row_tiles<MFA_VALUE_DIM>(
+      v_tiles, v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid,
+      p.value_dim, lane);
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dk_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
   #pragma clang loop unroll(full)
@@ -68,13 +74,14 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   for (uint g = 0; g < G; g++) {
     const uint head = kv_head * G + g;
     const long head_base = (long(sq.tensor_batch) * p.q_heads + head) * p.q_len + sq.q_first;
+    device const MFA_T* const q_rows = q + attention_row_offset(p.q_strides, sq.tensor_batch, head, sq.q_first);
     for (int block = block_begin; block < block_end; block++) {
       const int query0 = block * MFA_BLOCK_Q, queries = min(MFA_BLOCK_Q, sq.q_len - query0);
       threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous query block is consumed
-      mfa_stage_rows<MFA_BLOCK_Q, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(q_tile, q + (head_base + query0) * p.head_dim,
-                                                                       queries, p.head_dim, tid);
+      mfa_stage_rows<MFA_BLOCK_Q, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(q_tile, q_rows + query0 * p.q_strides[2],
+                                                                       p.q_strides[2], queries, p.head_dim, tid);
       mfa_stage_rows<MFA_BLOCK_Q, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(
-          do_tile, grad_out + (head_base + query0) * p.value_dim, queries, p.value_dim, tid);
+          do_tile, grad_out + (head_base + query0) * p.value_dim, p.value_dim, queries, p.value_dim, tid);
       if (tid < MFA_BLOCK_Q) {  // rows past the end attend nothing: 1 / sum = 0 makes their probabilities 0
         softmax_tile[tid] = attention_row_softmax(int(tid) < queries ? stats[head_base + query0 + tid] : float2(0.0f));
         delta_tile[tid] = int(tid) < queries ? delta[head_base + query0 + tid] : 0.0f;

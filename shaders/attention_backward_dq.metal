@@ -54,13 +54,17 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const bool row_valid = packed < packed_rows;
   const AttentionRow row = attention_row(p, sq, seq, kv_head * G + uint(packed) % G, row_valid ? packed / int(G) : 0,
                                          alibi);
+  // q, k and v are read through their strides; stats, delta, grad_out and dq are dense, q_row is this row's index.
   const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
-  const long kv_base = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first;
+  device const MFA_T* const k_rows = k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first);
+  device const MFA_T* const v_rows = v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first);
   const float2 row_softmax = attention_row_softmax(row_valid ? stats[q_row] : float2(0.0f));
   const float row_delta = row_valid ? delta[q_row] : 0.0f;
 
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], do_tiles[MFA_VALUE_DIM / 8], dq_tiles[MFA_HEAD_DIM / 8];
-  mfa_load_row_tiles<MFA_HEAD_DIM>(q_tiles, q + q_row * p.head_dim, row_valid, p.head_dim, lane);
+  mfa_load_row_tiles<MFA_HEAD_DIM>(
+      q_tiles, q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid,
+      p.head_dim, lane);
   mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane);
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -68,10 +72,10 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous tiles are consumed
-    mfa_stage_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k + (kv_base + key0) * p.head_dim, keys,
-                                                                     p.head_dim, tid);
-    mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(v_tile, v + (kv_base + key0) * p.value_dim,
-                                                                       keys, p.value_dim, tid);
+    mfa_stage_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k_rows + key0 * p.k_strides[2],
+                                                                     p.k_strides[2], keys, p.head_dim, tid);
+    mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(v_tile, v_rows + key0 * p.v_strides[2],
+                                                                       p.v_strides[2], keys, p.value_dim, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);

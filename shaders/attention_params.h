@@ -1,8 +1,10 @@
 // The host/kernel contract of the attention kernels: one params struct and the buffer indices, included by
 // both the Metal sources and the C++ planner (csrc/attention/), so the two can never disagree about layout.
 //
-// Canonical tensors (see csrc/ops.cpp): q (B, Hq, Lq, E), k (B, Hk, Sk, E), v (B, Hk, Sk, Ev), out (B, Hq, Lq, Ev),
-// softmax stats (B, Hq, Lq, 2) float: each row's max score and sum of exp(score - max); all contiguous. For varlen calls B = 1 and Lq, Sk are the packed token counts.
+// Canonical tensors (see csrc/ops.cpp): q (B, Hq, Lq, E), k (B, Hk, Sk, E), v (B, Hk, Sk, Ev), read through their
+// element strides over (batch, head, row) with a dense last dim (views of packed qkv tensors are read in place);
+// out (B, Hq, Lq, Ev), softmax stats (B, Hq, Lq, 2) float (each row's max score and sum of exp(score - max)) and
+// every gradient contiguous. For varlen calls B = 1 and Lq, Sk are the packed token counts.
 #pragma once
 
 #include "portable_types.h"
@@ -39,6 +41,9 @@
 
 struct AttentionParams {
   mfa_i64 mask_strides[4];  // element strides of the mask over (B, Hq, L, S); 0 on broadcast dims
+  mfa_i64 q_strides[3];     // element strides of q over (B, Hq, Lq); its last dim has stride 1
+  mfa_i64 k_strides[3];     // of k over (B, Hk, Sk)
+  mfa_i64 v_strides[3];     // of v over (B, Hk, Sk)
   mfa_i64 dropout_offset;   // the counter of element (0, 0, 0, 0)
   mfa_u32 batch;            // B, or the number of sequences for varlen calls
   mfa_u32 q_heads;          // Hq

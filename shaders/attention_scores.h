@@ -1,6 +1,7 @@
-// The geometry and scores of attention shared by the forward and backward kernels: where a sequence's tokens sit,
-// which key/query blocks the causal/window band can reach, and scores element by element (scale, softcap, ALiBi,
-// mask and the causal/window structure, in the order mfa_torch's reference path and the fp64 oracle apply them).
+// The geometry and scores of attention shared by the forward and backward kernels: where a sequence's tokens sit
+// (and their rows in the strided q, k, v), which key/query blocks the causal/window band can reach, and scores element
+// by element (scale, softcap, ALiBi, mask and the causal/window structure, in the order mfa_torch's reference path
+// and the fp64 oracle apply them).
 #pragma once
 #include "attention_params.h"
 #include "dropout_rng.h"
@@ -36,6 +37,11 @@ inline AttentionSequence attention_sequence(constant AttentionParams& p, uint se
   }
   s.offset = p.bottom_right ? s.kv_len - s.q_len : 0;
   return s;
+}
+
+// Element offset of row `row` of (batch, head) in q, k or v, from the tensor's strides over (batch, head, row).
+inline long attention_row_offset(constant mfa_i64* strides, uint batch, uint head, long row) {
+  return long(batch) * strides[0] + long(head) * strides[1] + row * strides[2];
 }
 
 // Keys [x, y] that some query in [first, last] may attend under the causal/window band (y < x: none).

@@ -9,13 +9,15 @@
 inline uint mfa_tile_row(ushort lane) { return ((lane >> 4) & 1) * 4 + ((lane >> 1) & 3); }
 inline uint mfa_tile_col(ushort lane) { return ((lane >> 3) & 1) * 4 + (lane & 1) * 2; }
 
-// Copies rows [0, rows) x columns [0, cols) of a row-major device matrix (`cols` elements per row) into a ROWS x DIM
-// float tile (row stride STRIDE) in threadgroup memory; zero past either end, so edge tiles need no other care.
+// Copies rows [0, rows) x columns [0, cols) of a device matrix with dense rows `src_stride` elements apart into a
+// ROWS x DIM float tile (row stride STRIDE) in threadgroup memory; zero past either end, so edge tiles need no other
+// care.
 template <uint ROWS, uint DIM, uint STRIDE, uint THREADS, typename T>
-inline void mfa_stage_rows(threadgroup float* tile, device const T* src, int rows, uint cols, uint tid) {
+inline void mfa_stage_rows(threadgroup float* tile, device const T* src, long src_stride, int rows, uint cols,
+                           uint tid) {
   for (uint e = tid; e < ROWS * DIM; e += THREADS) {
     const uint r = e / DIM, c = e % DIM;
-    tile[r * STRIDE + c] = (int(r) < rows && c < cols) ? float(src[long(r) * cols + c]) : 0.0f;
+    tile[r * STRIDE + c] = (int(r) < rows && c < cols) ? float(src[long(r) * src_stride + c]) : 0.0f;
   }
 }
 

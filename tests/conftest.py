@@ -1,6 +1,12 @@
 import host_pins  # noqa: F401  (before torch: pins PyTorch's CPU kernels)
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw the same examples on every run and host: CI cannot pass or fail by luck, and a failure
+# reproduces with the same command. (Tests with their own settings inherit this.)
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.load_profile("reproducible")
 
 torch.set_num_threads(host_pins.THREADS)
 

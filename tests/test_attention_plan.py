@@ -133,3 +133,33 @@ def test_empty_problems_have_no_launches():
 def test_problems_the_kernels_do_not_take_are_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message):
         _C.plan_attention_forward(problem(**fields))
+
+
+def _params_bytes(plan):
+    return [a.bytes for launch in plan.launches for a in launch.arguments if not a.tensor]
+
+
+PLANNERS = [_C.plan_attention_forward, lambda p: _C.plan_attention_backward(p, False)]
+
+
+@pytest.mark.parametrize("plan_of", PLANNERS, ids=["forward", "backward"])
+def test_unset_input_strides_are_those_of_contiguous_tensors(plan_of):
+    Hq, Hk, L, S, E = 4, 2, 37, 53, 64  # problem()'s sizes
+    dense = problem(q_strides=[Hq * L * E, L * E, E, 1], k_strides=[Hk * S * E, S * E, E, 1],
+                    v_strides=[Hk * S * E, S * E, E, 1])
+    assert _params_bytes(plan_of(problem())) == _params_bytes(plan_of(dense))
+    # a view of a packed (B, L, 3, Hq, E) tensor: the strides reach the kernels' params
+    packed = problem(q_strides=[L * 3 * Hq * E, E, 3 * Hq * E, 1])
+    assert _params_bytes(plan_of(packed)) != _params_bytes(plan_of(problem()))
+
+
+@pytest.mark.parametrize("plan_of", PLANNERS, ids=["forward", "backward"])
+@pytest.mark.parametrize("fields, message", [
+    ({"q_strides": [9472, 2368, 64, 2]}, "q_strides .*the last \\(head dim\\) stride must be 1"),
+    ({"k_strides": [-1, 3392, 64, 1]}, "k_strides .*strides must be >= 0"),
+    ({"v_strides": [2 ** 61, 3392, 64, 1]}, "v_strides .*element offsets must stay below 2\\^61"),
+    ({"q_strides": [2 ** 62, 2 ** 62, 64, 1]}, "q_strides .*element offsets must stay below 2\\^61"),  # overflows
+])
+def test_input_strides_the_kernels_cannot_read_are_clear_errors(plan_of, fields, message):
+    with pytest.raises(ValueError, match=message):
+        plan_of(problem(**fields))

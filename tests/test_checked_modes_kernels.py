@@ -7,12 +7,13 @@ Three calls cover every code path of attention_forward, attention_combine, atten
 attention_backward_dq and attention_backward_dkdv:
   A  float mask over every dimension with its gradient (dQ kernel's MFA_MASK_GRAD), GQA, window band, ALiBi, softcap,
      dropout, float16 with head dims 20 / 12 (zero-padded to 24 / 16); edge tiles in both directions (42 packed rows in
-     blocks of 32, 80 keys in blocks of 64 and 32), partially valid SIMD-groups; forward and backward.
+     blocks of 32, 80 keys in blocks of 64 and 32), partially valid SIMD-groups; q, k, v are (B, S, H, D) tensors
+     transposed, read in place through their strides; forward and backward.
   B  bool mask read through broadcast (stride-0) dimensions, bottom-right causal, a short query block (9 rows in a
      threadgroup of 16); forward (the backward reads masks through the same score helper as case A's).
   C  varlen with an empty sequence and MQA (3 query heads packed per K/V head, 18 packed rows in a threadgroup of 24),
      keys long enough to split (split-KV forward + combine), causal bottom-right, 27 query rows (the delta kernel's
-     last threadgroup of 4 rows is partial); forward and backward.
+     last threadgroup of 4 rows is partial); q, k, v are views of packed (total, H, D) tokens; forward and backward.
 The checked builds compile slowly (~15 s each, cached on disk afterwards): the variants are compiled up front, two
 at a time, and shared by the cases of a mode.
 """
@@ -44,7 +45,7 @@ def _case(name):
     rand = lambda *s: torch.randn(s, generator=g)  # noqa: E731
     if name == "A":
         B, Hq, Hk, L, S, E, Ev, p = 2, 4, 2, 21, 80, 20, 12, 0.2
-        q, k, v = rand(B, Hq, L, E).to(DTYPE), rand(B, Hk, S, E).to(DTYPE), rand(B, Hk, S, Ev).to(DTYPE)
+        q, k, v = (rand(B, n, H, d).to(DTYPE).transpose(1, 2) for n, H, d in ((L, Hq, E), (S, Hk, E), (S, Hk, Ev)))
         mask = (rand(B, Hq, L, S) * 2).to(DTYPE)
         alibi = torch.rand(B, Hq, generator=g) * 0.1
         seed = torch.tensor([2024, 7], dtype=torch.int64)
@@ -65,8 +66,9 @@ def _case(name):
     lengths_q, lengths_k = [3, 0, 6], [530, 7, 600]
     cu_q, cu_k = _cu(lengths_q), _cu(lengths_k)
     Hq, Hk, E, Ev = 3, 1, 20, 12
-    q = rand(1, Hq, int(cu_q[-1]), E).to(DTYPE)
-    k, v = rand(1, Hk, int(cu_k[-1]), E).to(DTYPE), rand(1, Hk, int(cu_k[-1]), Ev).to(DTYPE)
+    tokens = lambda n, H, d: rand(n, H, d).to(DTYPE).transpose(0, 1).unsqueeze(0)  # noqa: E731  (1, H, n, d) view
+    q = tokens(int(cu_q[-1]), Hq, E)
+    k, v = tokens(int(cu_k[-1]), Hk, E), tokens(int(cu_k[-1]), Hk, Ev)
     args = (q, k, v, None, None, cu_q, cu_k, max(lengths_q), max(lengths_k), 0.2, -1, 0, True, 0.0, 0.0, None)
 
     def oracle(q, k, v, mask):

@@ -15,6 +15,36 @@ void require(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
 
+std::array<int64_t, 4> contiguous_strides(int64_t heads, int64_t rows, int64_t dim) {
+  return {heads * rows * dim, rows * dim, dim, 1};
+}
+
+std::string to_string(const std::array<int64_t, 4>& values) {
+  return "[" + std::to_string(values[0]) + ", " + std::to_string(values[1]) + ", " + std::to_string(values[2]) +
+         ", " + std::to_string(values[3]) + "]";
+}
+
+// The kernels read q, k, v rows through 64-bit element offsets, scaled to bytes (at most 4 per element): the largest
+// offset a tensor's strides reach must stay below 2^61. Overlapping rows (stride 0 included) are only read: allowed.
+void validate_input_strides(const std::string& name, const std::array<int64_t, 4>& sizes,
+                            const std::array<int64_t, 4>& strides) {
+  const std::string what = name + "_strides " + to_string(strides);
+  for (int64_t s : strides) require(s >= 0, what + ": strides must be >= 0");
+  require(strides[3] == 1, what + ": the last (head dim) stride must be 1");
+  for (int64_t n : sizes) {
+    if (n == 0) return;  // nothing is read
+  }
+  constexpr int64_t kMaxOffset = int64_t(1) << 61;
+  int64_t last = 0;
+  for (int i = 0; i < 4; i++) {
+    int64_t step = 0;
+    const bool overflow = __builtin_mul_overflow(sizes[i] - 1, strides[i], &step) ||
+                          __builtin_add_overflow(last, step, &last);
+    require(!overflow && last < kMaxOffset,
+            what + " with sizes " + to_string(sizes) + ": element offsets must stay below 2^61 for the Metal kernels");
+  }
+}
+
 }  // namespace
 
 int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -26,6 +56,12 @@ std::string attention_metal_type(const std::string& dtype, const char* what) {
   if (dtype == "bfloat16") return "bfloat";
   throw std::invalid_argument(std::string(what) + " must be float32, float16 or bfloat16 for the Metal kernels, got " +
                               dtype);
+}
+
+AttentionInputStrides attention_input_strides(const AttentionProblem& p) {
+  return {p.q_strides.value_or(contiguous_strides(p.q_heads, p.q_len, p.head_dim)),
+          p.k_strides.value_or(contiguous_strides(p.kv_heads, p.kv_len, p.head_dim)),
+          p.v_strides.value_or(contiguous_strides(p.kv_heads, p.kv_len, p.value_dim))};
 }
 
 void validate_attention_problem(const AttentionProblem& p) {
@@ -47,6 +83,10 @@ void validate_attention_problem(const AttentionProblem& p) {
   require(p.num_sequences == 0 || p.batch == 1, "varlen problems must have batch 1");
   require(p.num_sequences == 0 || p.mask == "none", "mask is not supported together with cu_seqlens");
   require(p.dropout_p >= 0.0 && p.dropout_p < 1.0, "dropout_p must be in [0, 1)");
+  const AttentionInputStrides strides = attention_input_strides(p);
+  validate_input_strides("q", {p.batch, p.q_heads, p.q_len, p.head_dim}, strides.q);
+  validate_input_strides("k", {p.batch, p.kv_heads, p.kv_len, p.head_dim}, strides.k);
+  validate_input_strides("v", {p.batch, p.kv_heads, p.kv_len, p.value_dim}, strides.v);
   parse_gpu_family(p.family);
 }
 
@@ -64,6 +104,12 @@ AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, i
   const AttentionExtent extent = attention_extent(prob);
   AttentionParams params{};
   for (int i = 0; i < 4; i++) params.mask_strides[i] = prob.mask_strides[i];
+  const AttentionInputStrides strides = attention_input_strides(prob);
+  for (int i = 0; i < 3; i++) {
+    params.q_strides[i] = strides.q[i];
+    params.k_strides[i] = strides.k[i];
+    params.v_strides[i] = strides.v[i];
+  }
   params.dropout_offset = prob.dropout_offset;
   params.batch = mfa_u32(extent.sequences);
   params.q_heads = mfa_u32(prob.q_heads);

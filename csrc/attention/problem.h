@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,8 @@ struct AttentionProblem {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
   std::string mask = "none";  // "none", "bool", or the float mask's dtype ("float32", "float16", "bfloat16")
   std::array<int64_t, 4> mask_strides{};  // element strides over (B, Hq, L, S), 0 on broadcast dims
+  // Element strides of q, k, v over (B, H, rows, head dim), the last 1 (views are read in place); unset = contiguous.
+  std::optional<std::array<int64_t, 4>> q_strides, k_strides, v_strides;
   bool has_alibi = false;
   int64_t alibi_batch_stride = 0;
   int64_t num_sequences = 0;  // > 0: varlen (batch 1, cu_seqlens with num_sequences + 1 entries)
@@ -38,6 +41,12 @@ void validate_attention_problem(const AttentionProblem& problem);
 
 // The Metal type name of a dtype ("float32" -> "float", ...); `what` names the argument in the error.
 std::string attention_metal_type(const std::string& dtype, const char* what);
+
+// The strides of q, k and v the kernels read: the problem's, or those of contiguous tensors where unset.
+struct AttentionInputStrides {
+  std::array<int64_t, 4> q, k, v;
+};
+AttentionInputStrides attention_input_strides(const AttentionProblem& problem);
 
 // The longest sequence's query and key counts (varlen: max_seqlen_q / max_seqlen_k), sequences, and the GQA group.
 struct AttentionExtent {

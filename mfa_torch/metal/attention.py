@@ -39,6 +39,8 @@ def _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, botto
     p.dtype = _dtype_name(q.dtype)
     p.batch, p.q_heads, p.q_len, p.head_dim = q.shape
     p.kv_heads, p.kv_len, p.value_dim = k.shape[1], k.shape[2], v.shape[3]
+    # q, k, v are read through their strides (_prepare made each last dim dense; a size-1 one's stride is never used)
+    p.q_strides, p.k_strides, p.v_strides = ([*t.stride()[:3], 1] for t in (q, k, v))
     if mask is not None:
         p.mask = "bool" if mask.dtype == torch.bool else _dtype_name(mask.dtype)
         p.mask_strides = [0 if n == 1 else s for n, s in zip(mask.shape, mask.stride())]
@@ -110,15 +112,18 @@ def _tile_count(temporaries, name):
 def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right, softcap,
              dropout_p, seed, family, count_tiles):
     """The problem for the planner and the input tensors by the names plans bind."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    # The kernels read q, k, v in place through their strides (views of packed qkv tensors: no copy) as long as the
+    # head dim is dense; only a view with a strided head dim is copied, here, for the forward and the backward.
+    q, k, v = (t if t.shape[3] <= 1 or t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
     if mask is not None and mask.dtype == torch.float64:
         mask = mask.float()  # same (broadcast) shape; the GPU has no float64
     problem = _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, bottom_right, softcap, dropout_p,
                        seed, family or executors.gpu_family(route))
     problem.count_tiles = count_tiles
     tensors = {"q": q, "k": k, "v": v}
-    # The kernels index every buffer as dense from its first element: a strided view (e.g. cu_seqlens[::2]) would
-    # be read as its underlying storage, so everything but the mask (read through its strides) is made contiguous.
+    # The kernels index every other buffer as dense from its first element: a strided view (e.g. cu_seqlens[::2])
+    # would be read as its underlying storage, so everything but q, k, v and the mask (read through their strides) is
+    # made contiguous.
     contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
     optional = {"mask": mask, "alibi": contiguous(alibi), "cu_seqlens_q": contiguous(cu_q),
                 "cu_seqlens_k": contiguous(cu_k)}
