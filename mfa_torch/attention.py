@@ -13,45 +13,13 @@ import numbers
 import torch
 from torch.nn.attention.bias import CausalBias, CausalVariant
 
-from . import ops  # noqa: F401  (registers the ops' kernels and autograd)
-from . import reference, routing
-from .metal import attention as metal_attention
+from . import pytorch_paths, routing
 from ._validation import (ArgumentTypeError, check_dropout, check_float_tensors, check_scale, check_softcap,
                           check_window, overrides_torch_functions, require)
+from .attention_call import AttentionCall
+from .metal import attention as metal_attention
 
-# torch's own SDPA, bound at import so that mfa_torch.patch() can reroute torch.nn.functional safely.
-_torch_sdpa = torch._C._nn.scaled_dot_product_attention
-
-
-class _OpCall:
-    """Canonical arguments of mfa::attention_forward (see csrc/ops.cpp)."""
-
-    def __init__(self, q, k, v, *, mask=None, alibi=None, cu_q=None, cu_k=None, max_q=None, max_k=None, scale,
-                 window=(-1, -1), bottom_right=False, softcap=0.0, dropout_p=0.0):
-        self.args = (q, k, v, mask, alibi, cu_q, cu_k, q.shape[2] if max_q is None else max_q,
-                     k.shape[2] if max_k is None else max_k, scale, window[0], window[1], bottom_right, softcap,
-                     dropout_p)
-
-    def run(self):
-        """(out, softmax stats, the dropout seed or None)."""
-        dropout_p = self.args[-1]
-        # The keep mask is keyed by (seed, offset) with the seed drawn from torch's default generator, so
-        # torch.manual_seed reproduces it; a tensor keeps the draw traceable by torch.compile.
-        seed = torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64), torch.zeros((), dtype=torch.int64)]) \
-            if dropout_p > 0 else None
-        out, stats = torch.ops.mfa.attention_forward(*self.args, seed)
-        return out, stats, seed
-
-    def dropped_probabilities(self, stats, seed):
-        """FlashAttention's S_dmask for a run of this call: its probabilities, dropped ones negated."""
-        with torch.no_grad():
-            return reference.attention_probabilities(*self.args, seed, stats).to(self.args[0].dtype)
-
-
-def _log_sum_exp(stats):
-    """lse = max + log(sum) from the op's softmax stats (..., 2); -inf for rows that attend nothing."""
-    row_max, row_sum = stats.unbind(-1)
-    return torch.where(row_sum > 0, row_max + torch.log(row_sum), torch.full_like(row_max, float("-inf")))
+_torch_sdpa = pytorch_paths.torch_sdpa
 
 
 def _check_heads(Hq, Hk, Hv, enable_gqa, names, kv_heads_may_differ=False):
@@ -134,6 +102,8 @@ class _SdpaRequest:
             self.alibi = _check_alibi(alibi_slopes, query, {(self.Hq,), self.batch + (self.Hq,)},
                                       f"({self.Hq},) or {self.batch + (self.Hq,)}")
         require(isinstance(return_lse, bool), "return_lse must be a bool", ArgumentTypeError)
+        self.return_lse = return_lse
+        self._call = None
         self.torch_lacks = [name for name, wanted in (
             ("window_size", (left, right) != (-1, -1)),
             ("lower-right causal alignment (causal_lower_right) with L != S", self.bottom_right),
@@ -191,21 +161,32 @@ class _SdpaRequest:
             return m.reshape(1, *m.shape[nb:])
         return m.expand(*self.batch, *m.shape[nb:]).reshape(self.B, *m.shape[nb:])
 
-    def run_ops(self):
-        q = self._canonical_qkv(self.q, self.Hq)
-        k = self._canonical_qkv(self.k, self.Hk)
-        v = self._canonical_qkv(self.v, self.Hk)
-        mask = None if self.mask is None else self._canonical_mask()
+    def call(self):
+        """The call in the ops' canonical form, built once and only for routes other than torch-sdpa (a plain
+        attribute, not functools.cached_property, whose lock torch.compile cannot trace)."""
+        if self._call is not None:
+            return self._call
         # dropout_p = 1 drops everything: PyTorch's dropout multiplies by 0 (zeros, and NaN where the
-        # probabilities are NaN); the ops' keep mask takes p < 1, so the product is formed here.
-        everything_dropped = self.dropout_p == 1
-        out, stats, _ = _OpCall(q, k, v, mask=mask, alibi=self.alibi, scale=self.scale, window=self.window,
-                                bottom_right=self.bottom_right, softcap=self.softcap,
-                                dropout_p=0.0 if everything_dropped else self.dropout_p).run()
-        if everything_dropped:
+        # probabilities are NaN); the ops' keep mask takes p < 1, so run() forms the product.
+        self._call = AttentionCall(self._canonical_qkv(self.q, self.Hq), self._canonical_qkv(self.k, self.Hk),
+                             self._canonical_qkv(self.v, self.Hk),
+                             mask=None if self.mask is None else self._canonical_mask(), alibi=self.alibi,
+                             scale=self.scale, window=self.window, bottom_right=self.bottom_right,
+                             softcap=self.softcap, dropout_p=0.0 if self.dropout_p == 1 else self.dropout_p,
+                             lse_wanted=self.return_lse)
+        return self._call
+
+    def route(self):
+        return routing.choose(self.q.device, self.torch_lacks, self.metal_lacks, dropout=self.dropout_p > 0,
+                              pytorch_path=lambda forced: pytorch_paths.choice(self.call(), forced))
+
+    def run(self, route):
+        """(out, lse or None) in the caller's layout, on a route other than torch-sdpa."""
+        out, lse = self.call().run(route.name)
+        if self.dropout_p == 1:
             out = out * 0
         lead = self.batch + (self.Hq,) if self.q.dim() >= 3 else ()
-        return out.reshape(*lead, self.L, out.shape[-1]), _log_sum_exp(stats).reshape(*lead, self.L)
+        return out.reshape(*lead, self.L, out.shape[-1]), None if lse is None else lse.reshape(*lead, self.L)
 
 
 def _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size, alibi_slopes,
@@ -227,8 +208,7 @@ def _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, ena
                                                  "meaning: the call goes to PyTorch's SDPA unchanged")
     request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
                            alibi_slopes, softcap, return_lse)
-    return request, routing.choose(query.device, request.torch_lacks, request.metal_lacks,
-                                   dropout=request.dropout_p > 0)
+    return request, request.route()
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -250,7 +230,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     if route.name == "torch-sdpa":
         return request.torch_sdpa()
-    out, lse = request.run_ops()
+    out, lse = request.run(route)
     return (out, lse) if return_lse else out
 
 
@@ -290,12 +270,18 @@ def _check_attn_probs(return_attn_probs, dropout_p, shape):
     return wanted
 
 
-def _flash_run(call, return_attn_probs, with_probs, finish):
-    """Runs `call`; returns finish(out), or (finish(out), lse, S_dmask or None) for return_attn_probs."""
-    out, stats, seed = call.run()
+def _route(call, torch_lacks, metal_lacks):
+    return routing.choose(call.q.device, torch_lacks, metal_lacks, dropout=call.dropout_p > 0,
+                          pytorch_path=lambda forced: pytorch_paths.choice(call, forced))
+
+
+def _flash_run(call, route, return_attn_probs, with_probs, finish):
+    """Runs `call` on `route` (not torch-sdpa); returns finish(out), or (finish(out), lse, S_dmask or None) for
+    return_attn_probs."""
+    out, lse = call.run(route.name)
     if not return_attn_probs:
         return finish(out)
-    return finish(out), _log_sum_exp(stats), call.dropped_probabilities(stats, seed) if with_probs else None
+    return finish(out), lse, call.dropped_probabilities() if with_probs else None
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
@@ -327,14 +313,15 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         ("alibi_slopes", alibi is not None),
         ("softcap", softcap > 0),
         ("return_attn_probs (log-sum-exp)", return_attn_probs)) if wanted]
-    route = routing.choose(q.device, torch_lacks, metal_attention.metal_lacks(q.dtype, D, v.shape[3]))
+    call = AttentionCall(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), alibi=alibi, scale=scale,
+                         window=window, bottom_right=True, softcap=softcap, dropout_p=dropout_p,
+                         lse_wanted=return_attn_probs)
+    route = _route(call, torch_lacks, metal_attention.metal_lacks(q.dtype, D, v.shape[3]))
     if route.name == "torch-sdpa":
-        out = _torch_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, dropout_p, causal,
-                          scale=softmax_scale, enable_gqa=H != k.shape[2])
+        out = _torch_sdpa(call.q, call.k, call.v, None, dropout_p, causal, scale=softmax_scale,
+                          enable_gqa=H != k.shape[2])
         return out.transpose(1, 2).contiguous()
-    call = _OpCall(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), alibi=alibi, scale=scale, window=window,
-                   bottom_right=True, softcap=softcap, dropout_p=dropout_p)
-    return _flash_run(call, return_attn_probs, with_probs, lambda out: out.transpose(1, 2).contiguous())
+    return _flash_run(call, route, return_attn_probs, with_probs, lambda out: out.transpose(1, 2).contiguous())
 
 
 def _check_cu_seqlens(name, cu, device):
@@ -378,13 +365,12 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     alibi = None if alibi_slopes is None else \
         _check_alibi(alibi_slopes, q, {(H,), (batch, H)}, f"({H},) or ({batch}, {H})")
     with_probs = _check_attn_probs(return_attn_probs, dropout_p, (batch, H, int(max_seqlen_q), int(max_seqlen_k)))
-    # raises for backends that cannot take the call
-    routing.choose(q.device, ["varlen (cu_seqlens)"], metal_attention.metal_lacks(q.dtype, D, v.shape[2]))
     canonical = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
-    call = _OpCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
-                   max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window, bottom_right=True,
-                   softcap=softcap, dropout_p=dropout_p)
-    result = _flash_run(call, return_attn_probs, with_probs, lambda out: out[0].transpose(0, 1).contiguous())
+    call = AttentionCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
+                         max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window,
+                         bottom_right=True, softcap=softcap, dropout_p=dropout_p, lse_wanted=return_attn_probs)
+    route = _route(call, ["varlen (cu_seqlens)"], metal_attention.metal_lacks(q.dtype, D, v.shape[2]))
+    result = _flash_run(call, route, return_attn_probs, with_probs, lambda out: out[0].transpose(0, 1).contiguous())
     return (result[0], result[1][0], result[2]) if return_attn_probs else result
 
 

@@ -18,6 +18,7 @@ import torch
 _matmul = torch.matmul
 
 _BLOCK_ELEMENTS = 1 << 22  # scores per block across all (batch, head) pairs: bounds the extra memory
+_KEPT_BLOCKS = 4  # key blocks of one query block whose backward terms are kept rather than recomputed
 _MASK32 = 0xFFFFFFFF
 
 
@@ -232,14 +233,16 @@ def _backward_dense(pb, grad_out, stats, dmask):
         # D = rowsum(P * dP) over every key, from the very probabilities and dP the gradients use: dS then sums
         # to 0 over a row up to rounding, and is exactly 0 where one key takes the whole row (P = 1, D = dP). The
         # FlashAttention form rowsum(dO * O) equals it only up to the roundings of O and of another sum order.
+        # D needs every key block before any gradient: the blocks' terms are kept between the two passes when the
+        # row reaches at most _KEPT_BLOCKS of them (a window's few), else recomputed, which keeps the extra memory at
+        # one block's for rows over long sequences.
         blocks = pb.key_blocks(i0, i1)
-        only = block_terms(*blocks[0]) if len(blocks) == 1 else None
+        kept = [block_terms(*b) for b in blocks] if len(blocks) <= _KEPT_BLOCKS else None
+        terms = lambda: kept if kept is not None else (block_terms(*b) for b in blocks)  # noqa: E731
         delta = torch.zeros_like(row_max)
-        for j0, j1 in blocks:
-            p, _, dp, _ = only or block_terms(j0, j1)
+        for p, _, dp, _ in terms():
             delta += (p * dp).sum(-1)
-        for j0, j1 in blocks:
-            p, keep, dp, capped = only or block_terms(j0, j1)
+        for (j0, j1), (p, keep, dp, capped) in zip(blocks, terms()):
             kb = pb.k[:, :, 0, j0:j1].to(pb.acc)
             dv[:, :, j0:j1] += torch.einsum("bhgqk,bhgqe->bhke", p if keep is None else p * keep, dOb)
             ds = p * (dp - delta.unsqueeze(-1))

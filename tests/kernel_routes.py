@@ -25,6 +25,15 @@ def kernel_route(route):
         yield DEVICE[route]
 
 
+@pytest.fixture(autouse=True, params=["reference"] + (["auto"] if FULL_MATRIX else []))
+def matrix_backend(request):
+    """For the API feature matrices (imported by their test modules): they run on mfa_torch's reference
+    kernels, since on a CPU "auto" gives what PyTorch's SDPA lacks to PyTorch's own paths (tests/test_pytorch_paths.py
+    checks those); MFA_TORCH_FULL_MATRIX=1 runs them on "auto" too."""
+    with mfa_torch.backend(request.param):
+        yield
+
+
 def log_sum_exp(stats):
     """The log-sum-exp (float64) of the ops' softmax stats (..., 2) = (max, sum): max + log(sum), -inf with no keys."""
     row_max, row_sum = stats.double().unbind(-1)

@@ -41,7 +41,7 @@ def test_context_manager_restores_after_an_exception():
 
 @pytest.mark.parametrize("bad", ["mps", "", None, 3])
 def test_unknown_backend_names_the_choices(bad):
-    with pytest.raises(ValueError, match="'auto', 'reference', 'metal', 'emulator'"):
+    with pytest.raises(ValueError, match="'auto', 'reference', 'flex', 'sdpa-mask', 'metal', 'emulator'"):
         mfa_torch.set_backend(bad)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mfa_torch import _C
-from mfa_torch.bench import formulas, implementations, report, run, work
+from mfa_torch.bench import cpu_memory, formulas, implementations, measure, report, run, structured, work
 from mfa_torch.bench.__main__ import main
 from mfa_torch.bench.cases import AttentionCase
 
@@ -110,8 +110,8 @@ def test_quick_mode_writes_tables_and_csvs(tmp_path):
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k != "MFA_TORCH_BACKEND"}
     done = subprocess.run([sys.executable, "-m", "mfa_torch.bench", "--quick", "--sizes", "64,96", "--head-dims", "32",
-                           "--dtypes", "float32", "--out", str(out)], capture_output=True, text=True, env=env,
-                          timeout=300)
+                           "--dtypes", "float32", "--what", "attention,gemm", "--out", str(out)], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     markdown = (out / "results.md").read_text()
     assert done.stdout.strip() == markdown.strip()
@@ -135,7 +135,7 @@ def test_quick_mode_writes_tables_and_csvs(tmp_path):
         seconds = float(r["median_ms"]) / 1e3
         assert float(r["tflops"]) == pytest.approx(flops / seconds / 1e12, rel=1e-4)
         assert float(r["ginstrs_per_s"]) == pytest.approx(instructions / 1e9 / seconds, rel=1e-4)
-        assert r["extra_mem_mib"] != "" if ON_GPU else r["extra_mem_mib"] == ""
+        assert r["extra_mem_mib"] != ""  # the MPS driver's statistics, or the resident memory on Linux
 
     columns, rows = _read_csv(out / "gemm.csv")
     assert tuple(columns) == run.GEMM_COLUMNS
@@ -143,6 +143,34 @@ def test_quick_mode_writes_tables_and_csvs(tmp_path):
     for r in rows:
         assert float(r["gflops"]) == pytest.approx(2 * int(r["M"]) ** 3 / (float(r["median_ms"]) / 1e3) / 1e9,
                                                    rel=1e-4)
+
+
+def test_cpu_memory_sees_a_calls_peak_and_not_earlier_allocations():
+    kept = torch.ones(64 * 2**20, dtype=torch.uint8)  # resident before the call: not the call's
+    peak = cpu_memory.extra_memory(lambda: torch.ones(12 * 2**20).sum())  # 48 MiB of float32
+    assert 40 * 2**20 <= peak < 56 * 2**20  # resident pages, measured to within a few MiB
+    assert cpu_memory.extra_memory(lambda: None) < 4 * 2**20
+    del kept
+
+
+@pytest.mark.skipif(ON_GPU, reason="structured cases compare PyTorch's paths off Apple GPUs")
+def test_structured_attention_side_by_side_with_pytorchs_paths(tmp_path):
+    """One windowed case (one flex compilation): every implementation and pass, flex's backward marked n/a on a
+    CPU, and the ratio to the fastest of PyTorch's paths."""
+    case = structured.StructuredCase("window", torch.float32, 256, 16, 2)
+    rows = structured.rows([case], torch.device("cpu"), measure.QUICK)
+    by = {(r["impl"], r["pass"]): r for r in rows}
+    assert set(by) == set(itertools.product(structured.IMPLEMENTATIONS, ("fwd", "fwd+bwd")))
+    assert by[("flex", "fwd+bwd")]["note"] == "PyTorch's flex_attention has no backward on cpu"
+    measured = [r for key, r in by.items() if key != ("flex", "fwd+bwd")]
+    assert all(r["note"] == "" and r["median_ms"] > 0 and r["extra_mem_mib"] is not None for r in measured)
+    assert by[("mfa_torch", "fwd")]["route"] == "sdpa-mask"  # below flex's size threshold
+    ratios = {r["pass"]: r for r in structured.ratios(rows)}
+    fastest = min(by[("torch+mask", "fwd")]["median_ms"], by[("flex", "fwd")]["median_ms"])
+    assert ratios["fwd"]["time_vs_fastest_pytorch"] == pytest.approx(by[("mfa_torch", "fwd")]["median_ms"] / fastest)
+    text = report.write_all(str(tmp_path), [], [], structured_rows=rows)
+    assert "## Structured attention: mfa_torch against PyTorch's paths" in text
+    assert (tmp_path / "structured_attention.csv").exists()
 
 
 # --- the emulator: work, not speed ---------------------------------------------------------------------------

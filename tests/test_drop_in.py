@@ -126,7 +126,7 @@ def test_a_subclass_with_an_extra_pytorch_lacks_is_refused():
 def test_parameters_stay_on_mfa_torchs_route():
     q, k, v = _qkv(5, 6)
     q = torch.nn.Parameter(q)
-    assert "reference" in mfa_torch.explain(q, k, v, window_size=(2, 0))
+    assert "route: torch-sdpa" not in mfa_torch.explain(q, k, v, window_size=(2, 0))  # not handed over
     out = mfa_torch.scaled_dot_product_attention(q, k, v, window_size=(2, 0))
     assert_close_fp64("out", out, attention_fp64(q, k, v, window=(2, 0))[0], torch.float32)
 
@@ -266,7 +266,9 @@ def test_key_and_value_heads_may_differ_as_in_pytorch(Hk, Hv, backend):
 def test_explain_says_whose_dropout_a_route_applies():
     q, k, v = _qkv(5, 6)
     assert "dropout: PyTorch's own" in mfa_torch.explain(q, k, v, dropout_p=0.1)
-    ours = mfa_torch.explain(q, k, v, dropout_p=0.1, window_size=(2, 0))
+    assert "dropout: PyTorch's own" in mfa_torch.explain(q, k, v, dropout_p=0.1, window_size=(2, 0))  # sdpa-mask
+    ours = mfa_torch.explain(q, k, v, dropout_p=0.1, softcap=5.0)  # a softcap takes the reference route
+    assert "route: reference" in ours
     assert "counter-based keep mask" in ours and "not PyTorch's dropout stream" in ours
     assert "dropout" not in mfa_torch.explain(q, k, v, window_size=(2, 0))
 

@@ -22,6 +22,7 @@ from oracle import (
     torch_attention_same_dtype,
     varlen_attention_fp64,
 )
+from kernel_routes import matrix_backend  # noqa: F401  (an autouse fixture)
 
 import mfa_torch  # noqa: E402
 

@@ -7,6 +7,7 @@ import torch
 
 import mfa_torch
 from mfa_torch import attention as attention_module
+from mfa_torch import attention_call
 from oracle import allowed_mask, assert_close_fp64, attention_fp64, flash_to_sdpa, sdpa_to_flash, \
     varlen_attention_fp64
 
@@ -101,12 +102,12 @@ def test_a_block_table_is_refused_until_paged_caches_exist():
 def op_inputs(monkeypatch):
     """The q, k, v each attention call hands to the ops (records every call)."""
     seen = []
-    run = attention_module._OpCall.run
+    run = attention_call.AttentionCall.run
 
-    def recording(call):
-        seen.append(call.args[:3])
-        return run(call)
-    monkeypatch.setattr(attention_module._OpCall, "run", recording)
+    def recording(call, route):
+        seen.append((call.q, call.k, call.v))
+        return run(call, route)
+    monkeypatch.setattr(attention_call.AttentionCall, "run", recording)
     return seen
 
 

@@ -182,7 +182,7 @@ def test_patched_matmul_inside_mfa_attention_kernels(routes):
     """mfa_torch's own reference attention (a sliding window: not torch's SDPA) calls torch.matmul; with
     matmul patched it must still give the right answer and not recurse."""
     q, k, v = qkv(requires_grad=True)
-    with mfa_torch.patch(matmul=True):
+    with mfa_torch.patch(matmul=True), mfa_torch.backend("reference"):
         out = mfa_torch.scaled_dot_product_attention(q, k, v, enable_gqa=True, window_size=(2, 3))
         out.sum().backward()
     assert routes[0] == ("cpu", ("window_size",), "reference")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdpa_check import sdpa_check
-from kernel_routes import log_sum_exp
+from kernel_routes import log_sum_exp, matrix_backend  # noqa: F401  (matrix_backend: an autouse fixture)
 from oracle import (
     DT_IDS,
     DTYPES,
@@ -26,15 +26,6 @@ from oracle import (
 )
 
 import mfa_torch  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _default_backend():
-    """Every test starts (and ends) on the default backend."""
-    prev = mfa_torch.get_backend()
-    mfa_torch.set_backend("auto")
-    yield
-    mfa_torch.set_backend(prev)
 
 
 def qkv(B, Hq, Hk, L, S, E, Ev=None):
@@ -631,17 +622,19 @@ def test_reference_backend_matches_oracle_for_all_features():
         sdpa_check(qkv(2, 2, 2, 6, 9, 16), torch.bfloat16, mask=_mask((2, 1, 6, 9), "float", 1), mask_grad=True)
 
 
+@pytest.mark.parametrize("matrix_backend", ["auto"], indirect=True)
 def test_explain_routes():
     q = torch.randn(1, 2, 8, 16)
     plain = mfa_torch.explain(q, q, q)
     assert isinstance(plain, str) and plain
     assert any(r in plain for r in ("torch-sdpa", "reference"))
+    # what PyTorch's SDPA lacks: a mask it can take (small sizes: see tests/test_pytorch_paths.py for the rule)
     win = mfa_torch.explain(q, q, q, window_size=(2, 0))
-    assert "reference" in win and "window_size" in win
+    assert "route: sdpa-mask" in win and "window_size" in win
     al = mfa_torch.explain(q, q, q, alibi_slopes=torch.rand(2))
-    assert "reference" in al and "alibi" in al.lower()
-    sc = mfa_torch.explain(q, q, q, softcap=5.0)
-    assert "reference" in sc and "softcap" in sc.lower()
+    assert "route: sdpa-mask" in al and "alibi" in al.lower()
+    sc = mfa_torch.explain(q, q, q, softcap=5.0)  # no mask expresses a softcap
+    assert "route: reference" in sc and "softcap" in sc.lower()
     with mfa_torch.backend("reference"):  # the reference route may itself call torch's SDPA
         assert any(r in mfa_torch.explain(q, q, q) for r in ("torch-sdpa", "reference"))
 

@@ -7,7 +7,7 @@ import torch
 
 import mfa_torch
 from .. import _C
-from . import cases, environment, implementations, measure, report, run, work
+from . import cases, environment, implementations, measure, report, run, structured, work
 
 TIMED = [
     "Latency: the median over samples, after one warm-up call; a sample runs one or more calls back to back and then "
@@ -21,6 +21,13 @@ TIMED = [
     "MiB: memory beyond the inputs during one call: on MPS torch.mps.driver_allocated_memory() after the call minus "
     "before it (after empty_cache; the caching allocator keeps the call's peak, rounded to its heaps); for MLX its "
     "peak memory minus the memory active before; n/a on a CPU.",
+]
+STRUCTURED = [
+    "Structured attention (off Apple GPUs): what PyTorch's SDPA cannot take as it is, all causal: a sliding window "
+    f"of {structured.WINDOW} keys, ALiBi, a softcap of {structured.SOFTCAP:g}. mfa_torch runs on the route `explain` "
+    "names; torch+mask is PyTorch's SDPA with the equivalent mask (none expresses a softcap); flex is "
+    "torch.compile(flex_attention) with the equivalent block mask and score_mod (its compilation is the warm-up call, "
+    "not timed; no backward off CUDA). MiB on a CPU: the resident memory a call added at its peak (Linux).",
 ]
 ON_CPU = ("**CPU reference-route times, not GPU numbers.** No Apple GPU here: mfa_torch runs its reference route "
           "(PyTorch operations) on the CPU and `torch` is PyTorch's CPU path. Run this on a Mac for GPU numbers.")
@@ -49,8 +56,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m mfa_torch.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a subset that runs in about a minute")
     p.add_argument("--out", default="mfa_bench_results", help="output directory (default ./mfa_bench_results)")
-    p.add_argument("--what", default=("attention", "gemm"), type=_csv_list(str),
-                   help="attention, gemm or both (default)")
+    p.add_argument("--what", default=("attention", "structured", "gemm"), type=_csv_list(str),
+                   help="attention, structured (windows, ALiBi, softcap against PyTorch's paths; not on MPS), gemm; "
+                        "default all")
     p.add_argument("--dtypes", type=_csv_list(cases.DTYPES.__getitem__),
                    help="comma list of float32, float16, bfloat16 (or fp32, fp16, bf16)")
     p.add_argument("--sizes", type=_csv_list(int), help="sequence lengths L = S and GEMM sizes, e.g. 1024,4096")
@@ -59,7 +67,7 @@ def parse_args(argv):
                    help="count the Metal kernels' work under the emulator instead of timing (also when the "
                         "mfa_torch backend is \"emulator\")")
     args = p.parse_args(argv)
-    unknown = set(args.what) - {"attention", "gemm"}
+    unknown = set(args.what) - {"attention", "structured", "gemm"}
     if unknown:
         p.error(f"--what: unknown {', '.join(sorted(unknown))}")
     return args
@@ -88,9 +96,13 @@ def timed_report(args):
     settings = measure.QUICK if args.quick else measure.TimingSettings()
     budget = environment.memory_budget(dev)
     attention = run.attention_rows(sweep.attention, dev, settings, budget)
+    structured_cases = structured.cases(dev, args.quick, args.dtypes, args.sizes, args.head_dims) \
+        if "structured" in args.what else ()
+    structured_rows = structured.rows(structured_cases, dev, settings)
     gemm = run.gemm_rows(sweep.gemm, dev, settings, budget)
-    explanations = _device_warnings(dev) + TIMED
-    return report.write_all(args.out, header, explanations, attention_rows=attention, gemm_rows=gemm)
+    explanations = _device_warnings(dev) + TIMED + (STRUCTURED if structured_rows else [])
+    return report.write_all(args.out, header, explanations, attention_rows=attention, gemm_rows=gemm,
+                            structured_rows=structured_rows)
 
 
 def main(argv=None):

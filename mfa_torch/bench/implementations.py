@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mfa_torch
 from .. import routing
 from ..metal import gemm as metal_gemm
-from . import environment
+from . import cpu_memory, environment
 
 MPS_ARRAY_LIMIT = 2**32  # bytes: PyTorch's MPS SDPA aborts on one array past this (pytorch#149261)
 
@@ -30,8 +30,12 @@ class TorchFramework:
 
     def extra_memory(self, fn):
         """Runs one call; returns the bytes the MPS driver allocated for it beyond what was allocated before (MPS's
-        caching allocator keeps freed blocks until empty_cache, so this is the call's peak, in whole heaps), or None
-        on a CPU (no allocator statistics)."""
+        caching allocator keeps freed blocks until empty_cache, so this is the call's peak, in whole heaps); on a
+        CPU the resident memory a second call added at its peak (cpu_memory.py; None where that cannot be read): the
+        first may compile (flex_attention) or fill caches, which is not the call's own memory."""
+        if self.device.type == "cpu":
+            self.run(fn, 1)
+            return cpu_memory.extra_memory(lambda: self.run(fn, 1))
         if self.device.type != "mps":
             self.run(fn, 1)
             return None

@@ -2,13 +2,14 @@
 import csv
 import os
 
-from . import run
+from . import run, structured
 from .work import WORK_COLUMNS
 
 MEASURES = {  # the markdown columns per implementation, from the row's fields
     "attention": (("ms", "median_ms", "{:.4g}"), ("TFLOP/s", "tflops", "{:.3g}"),
                   ("GINSTRS/s", "ginstrs_per_s", "{:.4g}"), ("MiB", "extra_mem_mib", "{:.1f}")),
     "gemm": (("ms", "median_ms", "{:.4g}"), ("GFLOPS", "gflops", "{:.4g}"), ("MiB", "extra_mem_mib", "{:.1f}")),
+    "structured": (("ms", "median_ms", "{:.4g}"), ("MiB", "extra_mem_mib", "{:.1f}")),
 }
 
 
@@ -58,6 +59,24 @@ def attention_sections(rows, notes):
         selected = [r for r in rows if (r["pass"], r["dtype"]) == group]
         sections.append((f"Attention {group[0]}, {group[1]}",
                          side_by_side(selected, ("D", "Hq", "Hk", "causal", "L"), "attention", notes)))
+    return sections
+
+
+def structured_sections(rows, notes):
+    """A table per (pass, dtype), and the ratios to PyTorch's paths."""
+    sections = []
+    for group in dict.fromkeys((r["pass"], r["dtype"]) for r in rows):
+        selected = [r for r in rows if (r["pass"], r["dtype"]) == group]
+        sections.append((f"Structured attention {group[0]}, {group[1]} (causal; window {structured.WINDOW}, "
+                         f"softcap {structured.SOFTCAP:g}; H={selected[0]['H']}, D={selected[0]['D']})",
+                         side_by_side(selected, ("structure", "L"), "structured", notes)))
+    if rows:
+        fmt = lambda x: "" if x is None else f"{x:.2f}"  # noqa: E731
+        body = [[r["structure"], r["dtype"], r["L"], r["pass"], r["route"], fmt(r["time_vs_fastest_pytorch"]),
+                 fmt(r["memory_vs_sdpa_mask"])] for r in structured.ratios(rows)]
+        sections.append(("Structured attention: mfa_torch against PyTorch's paths",
+                         table(("structure", "dtype", "L", "pass", "mfa_torch route", "time / fastest PyTorch path",
+                                "peak memory / SDPA with the mask"), body)))
     return sections
 
 
@@ -134,11 +153,12 @@ def _plot(plt, rows, *, panel, series, x, y, axis_labels, title, path):
     plt.close(fig)
 
 
-def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), work_rows=()):
+def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), work_rows=(), structured_rows=()):
     """Writes results.md, the CSVs and plots into out_dir; returns the markdown text."""
     os.makedirs(out_dir, exist_ok=True)
     notes = Notes()
-    sections = attention_sections(attention_rows, notes) + gemm_sections(gemm_rows, notes) + work_sections(work_rows)
+    sections = attention_sections(attention_rows, notes) + structured_sections(structured_rows, notes) + \
+        gemm_sections(gemm_rows, notes) + work_sections(work_rows)
     text = document(header, explanations, sections, notes)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text)
@@ -148,5 +168,7 @@ def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), wo
         write_csv(os.path.join(out_dir, "gemm.csv"), run.GEMM_COLUMNS, gemm_rows)
     if work_rows:
         write_csv(os.path.join(out_dir, "attention_work.csv"), WORK_COLUMNS, work_rows)
+    if structured_rows:
+        write_csv(os.path.join(out_dir, "structured_attention.csv"), structured.COLUMNS, structured_rows)
     write_plots(out_dir, attention_rows, gemm_rows)
     return text

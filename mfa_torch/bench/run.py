@@ -31,7 +31,7 @@ def _timing_columns(timing):
             "calls_per_sample": timing.calls_per_sample}
 
 
-def _measured(make_call, settings, dev):
+def measured(make_call, settings, dev):
     """(timing columns, note): a failure (out of memory, a dtype MLX lacks...) becomes the row's note so that one
     case cannot end a long sweep."""
     try:
@@ -50,7 +50,7 @@ def attention_row(impl, case, backward, dev, settings, budget):
     note = implementations.attention_skip_reason(impl, case, backward, dev, budget)
     if note:
         return {**row, "note": note}
-    timing, note = _measured(lambda: implementations.attention_call(impl, case, backward, dev), settings, dev)
+    timing, note = measured(lambda: implementations.attention_call(impl, case, backward, dev), settings, dev)
     if timing:
         flops, instructions = attention_work(case, backward)
         seconds = timing["median_ms"] / 1e3
@@ -65,7 +65,7 @@ def gemm_row(impl, case, dev, settings, budget):
     note = implementations.gemm_skip_reason(case, budget)
     if note:
         return {**row, "note": note}
-    timing, note = _measured(lambda: implementations.gemm_call(impl, case, dev), settings, dev)
+    timing, note = measured(lambda: implementations.gemm_call(impl, case, dev), settings, dev)
     if timing:
         timing["gflops"] = formulas.gemm_flops(case.size, case.size, case.size) / (timing["median_ms"] / 1e3) / 1e9
     return {**row, **timing, "note": note}
