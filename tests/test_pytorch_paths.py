@@ -36,6 +36,7 @@ BIG = 1024  # L = S = 1024: 2^20 scores per head, where flex is preferred
     (dict(is_causal=True), False, BIG, "torch-sdpa"),  # PyTorch's SDPA takes it as it is
     (dict(window_size=(16, 0), is_causal=True), False, BIG, "flex"),
     (dict(window_size=(16, 0), is_causal=True), False, 64, "sdpa-mask"),  # small: flex's overheads dominate
+    (dict(window_size=(16, 0), is_causal=True), False, 512, "sdpa-mask"),  # 2^18 scores: below flex's threshold
     (dict(window_size=(16, 0), is_causal=True), True, BIG, "sdpa-mask"),  # flex has no backward on a CPU
     (dict(alibi_slopes=torch.rand(2)), True, 64, "sdpa-mask"),
     (dict(softcap=20.0), False, BIG, "flex"),
@@ -43,7 +44,7 @@ BIG = 1024  # L = S = 1024: 2^20 scores per head, where flex is preferred
     (dict(window_size=(16, 0), return_lse=True), False, BIG, "reference"),  # no lse from either on a CPU
     (dict(window_size=(16, 0), attn_mask=torch.rand(64, 64) > 0.5), False, 64, "sdpa-mask"),
     (dict(window_size=(16, 0), dropout_p=0.1), True, 64, "sdpa-mask"),
-], ids=["plain", "window_large", "window_small", "window_grad", "alibi_grad", "softcap_large", "softcap_grad",
+], ids=["plain", "window_large", "window_small", "window_below_threshold", "window_grad", "alibi_grad", "softcap_large", "softcap_grad",
         "lse", "window_and_mask", "window_dropout"])
 def test_the_rule_picks_the_fastest_path_that_takes_the_call(kwargs, grad, L, route):
     text = _explain(L, L, grad, **kwargs)
@@ -137,7 +138,8 @@ def _cases():
 
 
 SDPA_MASK_CASES = [c for c in _cases() if "softcap" not in c[0]]
-FLEX_CASES = [c for c in _cases() if "mask" not in c[0]]
+# Each score_mod is its own compilation (seconds): softcap_alibi runs both of flex's score functions.
+FLEX_CASES = [c for c in _cases() if "mask" not in c[0] and c[0] not in ("alibi_causal", "softcap_window")]
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 
@@ -187,10 +189,11 @@ def test_sdpa_mask_dropout_is_pytorchs_own():
 
 def test_flex_reuses_block_masks_and_keeps_a_few(monkeypatch):
     monkeypatch.setattr(pytorch_paths, "_block_masks", type(pytorch_paths._block_masks)())
-    q = torch.randn(1, 1, 128, 8)
+    t = make_inputs(SHAPES, torch.float32)  # the shapes of the flex cases: their compiled kernel serves these calls
     with mfa_torch.backend("flex"), torch.no_grad():
         for window in list(range(10)) + [0]:
-            mfa_torch.scaled_dot_product_attention(q, q, q, is_causal=True, window_size=(window, 0))
+            mfa_torch.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=True, window_size=(window, 0),
+                                                   enable_gqa=True)
     assert len(pytorch_paths._block_masks) == pytorch_paths._BLOCK_MASKS_KEPT
     assert list(pytorch_paths._block_masks)[-1][2] == (0, 0, 0)  # the band (left, right, offset) used last
 
@@ -208,3 +211,21 @@ def test_sdpa_mask_passes_the_gradient_of_a_float_mask():
             lambda t: torch_attention_same_dtype(t["q"], t["k"], t["v"], mask=t["mask"], window=(20, 0),
                                                  alibi_slopes=ALIBI[:2])[0],
             inputs, torch.float32)
+
+
+@pytest.mark.parametrize("softcap,alibi", [(0.0, False), (3.0, False), (0.0, True), (3.0, True)])
+def test_flex_score_mods_apply_softcap_then_alibi(softcap, alibi):
+    """The score_mod each combination gets, evaluated directly (flex_attention runs the same function)."""
+    from mfa_torch.attention_call import AttentionCall
+    q, k = torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 7, 4)
+    slopes = torch.tensor([[0.5, 0.25]])
+    call = AttentionCall(q, k, k, alibi=slopes if alibi else None, scale=1.0, softcap=softcap, bottom_right=True)
+    score_mod = pytorch_paths._score_mod(call)
+    if not softcap and not alibi:
+        assert score_mod is None
+        return
+    score, h, i, j = torch.tensor(4.0), torch.tensor(1), torch.tensor(3), torch.tensor(1)
+    want = softcap * torch.tanh(score / softcap) if softcap else score
+    if alibi:
+        want = want - 0.25 * abs(3 + (7 - 5) - 1)  # |i + S - L - j|, bottom-right aligned
+    torch.testing.assert_close(score_mod(score, torch.tensor(0), h, i, j), want)
