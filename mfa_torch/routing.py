@@ -13,6 +13,7 @@ import threading
 import warnings
 
 from . import _C
+from ._thread_setting import thread_setting
 
 BACKENDS = ("auto", "reference", "flex", "sdpa-mask", "metal", "emulator")
 # Backends that force one of PyTorch's paths for attention (GEMM takes the reference route under them).
@@ -56,18 +57,12 @@ def backend(name):
         set_backend(previous)
 
 
-@contextlib.contextmanager
 def pinned_backend(name):
     """This thread's calls inside the block take backend `name`, whatever is selected: the backward of an op
     recorded under one backend runs on the same kernels as its forward, even when autograd runs it after the
     `with backend(...)` block has ended (a forward on the Metal kernels and a backward on PyTorch's would
     recompute the probabilities differently from the ones the output was made of)."""
-    previous = getattr(_pinned, "name", None)
-    _pinned.name = name
-    try:
-        yield
-    finally:
-        _pinned.name = previous
+    return thread_setting(_pinned, "name", name)
 
 
 class Route:

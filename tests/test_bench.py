@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mfa_torch import _C
-from mfa_torch.bench import cpu_memory, formulas, implementations, measure, report, run, structured, work
+from mfa_torch.bench import cpu_memory, formulas, implementations, kernel_counters, measure, report, run, structured, work
 from mfa_torch.bench.__main__ import main
 from mfa_torch.bench.cases import AttentionCase
 
@@ -204,3 +204,12 @@ def test_emulator_mode_reports_work_counts(tmp_path, capsys):
     assert len(rows) == 2 * 2 * 3  # (MHA, GQA) x (dense, causal) x three kernels
     assert all(r["at_minimum"] == "True" for r in rows)
     assert not (tmp_path / "attention.csv").exists()  # no times under the emulator
+    assert "model_us is a model, not a measurement" in markdown
+    columns, rows = _read_csv(tmp_path / "kernel_counters.csv")
+    assert tuple(columns) == kernel_counters.CSV_COLUMNS
+    kernels = {(r["family"], r["kernel"]) for r in rows}
+    for family in ("apple7", "apple9"):
+        assert {(family, k) for k in ("attention_forward", "attention_backward_dq", "attention_backward_dkdv", "gemm",
+                                      "(all launches)")} <= kernels
+    totals = [r for r in rows if r["kernel"] == "(all launches)"]
+    assert len(totals) == 2 * 3 and all(float(r["model_us"]) > 0 < float(r["mfa_published_us"]) for r in totals)

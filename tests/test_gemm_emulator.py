@@ -33,9 +33,9 @@ def launches(monkeypatch):
     runs = []
     real_run = executors.run
 
-    def recording_run(route, plan, tensors, checks=None):
+    def recording_run(route, plan, tensors, checks=None, family=None):
         runs.append((plan, dict(tensors)))
-        return real_run(route, plan, tensors, checks)
+        return real_run(route, plan, tensors, checks, family)
 
     monkeypatch.setattr(executors, "run", recording_run)
     return runs

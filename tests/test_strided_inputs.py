@@ -133,9 +133,9 @@ def test_no_copy_of_q_k_v_reaches_the_kernels(route, monkeypatch):
     tables = []
     run = executors.run
 
-    def recording_run(route_name, plan, tensors, checks=None):
+    def recording_run(route_name, plan, tensors, checks=None, family=None):
         tables.append(dict(tensors))
-        return run(route_name, plan, tensors, checks)
+        return run(route_name, plan, tensors, checks, family)
 
     monkeypatch.setattr(executors, "run", recording_run)
     device = DEVICE[route]

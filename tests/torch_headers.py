@@ -3,6 +3,7 @@ type-check the extension against the oldest torch it claims to support.
 
     python tests/torch_headers.py VERSION DIR    # prints DIR/torch-VERSION/torch/include
 """
+import fcntl
 import pathlib
 import shutil
 import subprocess
@@ -23,6 +24,14 @@ def torch_headers(version: str, cache: pathlib.Path) -> pathlib.Path:
     if include.is_dir():
         return include
     root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f"torch-{version}.lock", "w") as lock:  # test processes running in parallel fetch once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not include.is_dir():
+            _fetch(version, root)
+    return include
+
+
+def _fetch(version, root):
     with tempfile.TemporaryDirectory(dir=root.parent) as scratch:
         download = subprocess.run(
             [sys.executable, "-m", "pip", "download", f"torch=={version}", "--no-deps", "--only-binary=:all:",
@@ -38,7 +47,6 @@ def torch_headers(version: str, cache: pathlib.Path) -> pathlib.Path:
         # A rename, so a run interrupted while unpacking never leaves a half-filled cache entry behind.
         shutil.rmtree(root, ignore_errors=True)
         unpacked.rename(root)
-    return include
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 
 import mfa_torch
 from .. import _C
-from . import cases, environment, implementations, measure, report, run, structured, work
+from . import cases, environment, implementations, kernel_counters, measure, report, run, structured, work
 
 TIMED = [
     "Latency: the median over samples, after one warm-up call; a sample runs one or more calls back to back and then "
@@ -40,6 +40,16 @@ ON_EMULATOR = [
     "threadgroups); tiles_minimum: the (query block, key block) tiles that intersect the region the causal mask "
     "allows, computed from the block sizes the plans chose; tiles_dense: every tile. GEMM is dense by construction "
     "and not counted.",
+    "Work counters (mfa_torch.emulator.profile(), exact counts of the kernel code as written), per kernel launch, "
+    "planned for each GPU family: tg_bytes_per_mma: threadgroup bytes read and written per 8x8x8 MMA; "
+    "device_access_bytes: mean bytes per device access (vector loads are wide); barriers_per_32_keys: threadgroup "
+    "barriers per threadgroup per 32 keys (GEMM: per 32 of K); transcendentals_per_score: exp, log, tanh and "
+    "divisions per attention score; registers: tile registers alive at once plus an allowance (spills above 128).",
+    "**model_us is a model, not a measurement** (mfa_torch/bench/model.py): a roofline over the matrix unit, "
+    "threadgroup memory and instruction issue from those counters with published figures of the family's chip "
+    "(M1 Max for apple7, M3 Max for apple9), optimistic by construction. mfa_published_us: the same work at "
+    "metal-flash-attention's published efficiency on that chip (measured on long sequences, so a yardstick). Only "
+    "`python -m mfa_torch.bench` on a Mac measures time.",
 ]
 
 
@@ -75,8 +85,9 @@ def parse_args(argv):
 
 def emulator_report(args):
     rows = work.work_rows(cases.emulator_cases(args.quick, args.dtypes, args.sizes, args.head_dims))
+    counted = kernel_counters.counter_rows(args.quick, args.dtypes, args.sizes, args.head_dims)
     header = environment.describe(torch.device("cpu"), "emulator work counts (not times)", emulator=True)
-    return report.write_all(args.out, header, ON_EMULATOR, work_rows=rows)
+    return report.write_all(args.out, header, ON_EMULATOR, work_rows=rows, counter_rows=counted)
 
 
 def _device_warnings(dev):

@@ -2,7 +2,7 @@
 import csv
 import os
 
-from . import run, structured
+from . import kernel_counters, run, structured
 from .work import WORK_COLUMNS
 
 MEASURES = {  # the markdown columns per implementation, from the row's fields
@@ -89,7 +89,15 @@ def work_sections(rows):
     return [("Work counts under the emulator (key/value tiles)", table(WORK_COLUMNS, body))] if rows else []
 
 
+def counter_sections(rows):
+    body = [[_format_work(r.get(c, "")) for c in kernel_counters.COUNTER_COLUMNS] for r in rows]
+    return [("Work counters under the emulator, and the model's time (model, not measured)",
+             table(kernel_counters.COUNTER_COLUMNS, body))] if rows else []
+
+
 def _format_work(value):
+    if value is None:
+        return ""
     return f"{value:.3f}" if isinstance(value, float) else value
 
 
@@ -153,12 +161,13 @@ def _plot(plt, rows, *, panel, series, x, y, axis_labels, title, path):
     plt.close(fig)
 
 
-def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), work_rows=(), structured_rows=()):
+def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), work_rows=(), structured_rows=(),
+              counter_rows=()):
     """Writes results.md, the CSVs and plots into out_dir; returns the markdown text."""
     os.makedirs(out_dir, exist_ok=True)
     notes = Notes()
     sections = attention_sections(attention_rows, notes) + structured_sections(structured_rows, notes) + \
-        gemm_sections(gemm_rows, notes) + work_sections(work_rows)
+        gemm_sections(gemm_rows, notes) + work_sections(work_rows) + counter_sections(counter_rows)
     text = document(header, explanations, sections, notes)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text)
@@ -168,6 +177,8 @@ def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), wo
         write_csv(os.path.join(out_dir, "gemm.csv"), run.GEMM_COLUMNS, gemm_rows)
     if work_rows:
         write_csv(os.path.join(out_dir, "attention_work.csv"), WORK_COLUMNS, work_rows)
+    if counter_rows:
+        write_csv(os.path.join(out_dir, "kernel_counters.csv"), kernel_counters.CSV_COLUMNS, counter_rows)
     if structured_rows:
         write_csv(os.path.join(out_dir, "structured_attention.csv"), structured.COLUMNS, structured_rows)
     write_plots(out_dir, attention_rows, gemm_rows)

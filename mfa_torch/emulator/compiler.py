@@ -2,7 +2,8 @@
 
 The cache key is a hash of everything the artefact depends on: the preprocessed source (so resolved
 includes and defines), function constants, the shim and runtime files, the compiler flags (so the
-fast-math mode) and the checked mode. Several processes may build the same key at once: a file lock
+fast-math and profile modes) and the checked mode. Profile builds (runtime/counters.hpp) are unoptimised
+and instrumented so that every memory access the source makes is counted. Several processes may build the same key at once: a file lock
 serialises them, and the result is written to a temporary name and renamed into place.
 """
 import fcntl
@@ -52,7 +53,12 @@ def _cpu_flags():
     return frozenset(flags_line.split(":", 1)[-1].split())
 
 
-def compiler_flags(checks, fast_math=False):
+# Profile builds: -O0, so that the counted accesses are the source's, whatever g++ version optimises them; the
+# ThreadSanitizer instrumentation supplies a callback per access (no sanitizer runtime is linked).
+PROFILE_FLAGS = ["-O0", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-DMSL_PROFILE"]
+
+
+def compiler_flags(checks, fast_math=False, profile=False):
     """g++ flags of a build. fast_math: -ffast-math over the kernel code (and the shim it inlines), as Metal's fast
     math mode (PYTORCH_MPS_FAST_MATH=1) lets Apple's compiler assume that no value is NaN or infinite: comparisons
     with -INFINITY, isinf/isnan and 0 * x may be folded, max/min need not honour NaN operands."""
@@ -72,6 +78,8 @@ def compiler_flags(checks, fast_math=False):
         flags += ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer", "-DMSL_CHECK_BOUNDS"]
     elif checks == "races":
         flags += ["-O1", "-fsanitize=thread", "-DMSL_CHECK_RACES"]
+    elif profile:
+        flags += PROFILE_FLAGS + ["-shared"]
     else:
         flags += ["-O2", "-shared"]
     return flags
@@ -116,18 +124,23 @@ def _trim(text, lines=60):
     return "\n".join(kept[:lines] + ([f"... ({len(kept) - lines} more lines)"] if len(kept) > lines else []))
 
 
-def build(text, filename, *, defines=None, function_constants=None, include_dirs=(), checks=None, fast_math=False):
+def build(text, filename, *, defines=None, function_constants=None, include_dirs=(), checks=None, fast_math=False,
+          profile=False):
     """Returns (artefact path, Translation). The artefact is a shared library, or for checked modes an
-    executable that runs one launch described on its command line."""
+    executable that runs one launch described on its command line. profile: a build that counts its work."""
     if checks not in CHECKS:
         raise ValueError(f"checks must be one of {CHECKS}, got {checks!r}")
     if not isinstance(fast_math, bool):
         raise TypeError(f"fast_math must be True or False, got {fast_math!r}")
-    translation = translate(preprocess(text, filename, defines, include_dirs), function_constants)
+    if not isinstance(profile, bool):
+        raise TypeError(f"profile must be True or False, got {profile!r}")
+    if profile and checks:
+        raise ValueError("profile builds run unchecked: pass checks=None with profile=True")
+    translation = translate(preprocess(text, filename, defines, include_dirs), function_constants, count_divisions=profile)
     unit = "#include <metal_stdlib>\n" + translation.text + "\n" + launcher_source(translation.kernels)
     if checks:
         unit += '#include "../runtime/checked_main.hpp"\n'
-    flags = compiler_flags(checks, fast_math)
+    flags = compiler_flags(checks, fast_math, profile)
     key = hashlib.sha256("\0".join([unit, shim_version(), " ".join(flags), str(checks)]).encode()).hexdigest()[:24]
     artefact = cache_dir() / (f"{key}.so" if checks is None else f"{key}-{checks}")
     _build_once(artefact, lambda tmp: _compile(unit, flags, tmp / artefact.name))
@@ -169,10 +182,17 @@ def _compile(unit, flags, output):
     source = output.with_name("unit.cpp")
     source.write_text(unit)
     precompiled = ["-I", str(_precompiled_shim([f for f in flags if f != "-shared"]))]
-    command = ["g++", *precompiled, *flags, str(source), "-o", str(output), "-lpthread", "-ldl", "-lrt"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise CompileError(f"the kernel source does not compile under the emulator:\n{_trim(_relevant(result.stderr))}")
+    libraries = ["-lpthread", "-ldl", "-lrt"]
+    if "-DMSL_PROFILE" in flags:  # compiled instrumented, linked without the sanitizer's runtime
+        objects = output.with_name("unit.o")
+        commands = [["g++", *precompiled, *[f for f in flags if f != "-shared"], "-c", str(source), "-o", str(objects)],
+                    ["g++", "-shared", str(objects), "-o", str(output), *libraries]]
+    else:
+        commands = [["g++", *precompiled, *flags, str(source), "-o", str(output), *libraries]]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CompileError(f"the kernel source does not compile under the emulator:\n{_trim(_relevant(result.stderr))}")
     return output
 
 

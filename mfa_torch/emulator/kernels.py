@@ -23,6 +23,7 @@ class Param:
     attribute: str  # "buffer", "threadgroup" or a builtin attribute name
     index: int | None  # for buffer / threadgroup
     enabled: bool  # False when a [[function_constant(c)]] condition is false
+    device: bool = False  # a buffer in the device address space (else constant); for profile counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,8 @@ def _kernel_params(tokens, open_paren, constants):
                 fail_at(at, f"kernel parameter '{name.text}': attribute [[{attr}]] is not supported by the emulator")
         if binding is None:
             fail_at(name, f"kernel parameter '{name.text}' has no [[buffer(i)]], [[threadgroup(i)]] or builtin attribute")
-        params.append(Param(name.text, binding[0], binding[1], enabled))
+        device = any(t.text == "device" for t in part[:first_attr])
+        params.append(Param(name.text, binding[0], binding[1], enabled, device))
     return tuple(params), close
 
 

@@ -3,6 +3,7 @@ import ctypes
 import re
 import subprocess
 
+from . import counters
 from .arguments import MAX_BUFFERS, launch_request, nonuniform_grid, uniform_grid
 from .compiler import PACKAGE_DIR
 from .errors import KernelError
@@ -23,6 +24,8 @@ class _LaunchStruct(ctypes.Structure):
         ("strict", ctypes.c_int32),
         ("timeout_seconds", ctypes.c_double),
         ("sync_points", ctypes.c_uint64),
+        ("buffer_device", ctypes.c_uint8 * MAX_BUFFERS),
+        ("profile", ctypes.c_uint64 * counters.PROFILE_SLOTS),
         ("error", ctypes.c_char * 4096),
     ]
 
@@ -87,14 +90,27 @@ class LibraryBase:
 
 
 class Library(LibraryBase):
-    """Kernels compiled into a shared library and run in this process. Use `compile()` to make one."""
+    """Kernels compiled into a shared library and run in this process. Use `compile()` to make one.
+    A profile build (compile(..., profile=True)) counts its work: `last_profile` is the last launch's dict
+    (emulator/counters.py), also recorded in every open `profile()` block."""
 
-    def __init__(self, path, translation, filename):
+    def __init__(self, path, translation, filename, defines=None, profiled=False):
         super().__init__(translation, filename)
         self._dll = ctypes.CDLL(str(path))
+        self.defines = dict(defines) if isinstance(defines, dict) else {name: None for name in defines or ()}
+        self.profiled = profiled
+        self.last_profile = None
+        if profiled and ctypes.c_int.in_dll(self._dll, "msl_profile_slots").value != counters.PROFILE_SLOTS:
+            raise RuntimeError("emulator/counters.py and runtime/counters.hpp disagree on the counter slots")
 
     def _run(self, request):
+        if counters.active() and not self.profiled:
+            raise ValueError(f"{self.filename}: this library was compiled without profile=True, so its launches cannot "
+                             "be counted inside a profile() block")
         launch = _LaunchStruct()
+        for param in self._kernels[request.kernel_index].params:
+            if param.attribute == "buffer" and param.device:
+                launch.buffer_device[param.index] = 1
         keep_alive = []
         for index, buffer in request.buffers.items():
             if buffer.tensor is not None:
@@ -121,3 +137,9 @@ class Library(LibraryBase):
             raise ValueError(message)
         if status != 0:
             raise KernelError(source_line_of_fault(message))
+        if self.profiled:
+            groups = [(g + t - 1) // t for g, t in zip(request.grid, request.threadgroup_size)]
+            name = self._kernels[request.kernel_index].name
+            self.last_profile = counters.launch_record(name, self.defines, groups, request.threadgroup_size,
+                                                      launch.profile)
+            counters.record(self.last_profile)

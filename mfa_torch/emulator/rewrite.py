@@ -1,7 +1,7 @@
 """Rewriting the few MSL constructs that are not C++, token by token (never with regexes over raw text):
 `threadgroup T x[N];` declarations, function constants and `is_function_constant_defined`, `h` / `bf`
 literal suffixes, and [[attributes]] (meaningless to g++, and `threadgroup` in [[threadgroup(0)]] is a
-macro there). Rewrites keep every newline, so line markers stay valid and diagnostics name the .metal
+macro there). For profile builds, `/` and `/=` also become counted divisions (shim/msl/division_count.hpp). Rewrites keep every newline, so line markers stay valid and diagnostics name the .metal
 file and line.
 """
 import dataclasses
@@ -46,8 +46,9 @@ def _literal(type_name, value):
 
 
 class Rewriter:
-    def __init__(self, text, function_constants):
+    def __init__(self, text, function_constants, count_divisions=False):
         self.text = text
+        self.count_divisions = count_divisions
         self.tokens = tokenize(text)
         self.values = function_constants or {}
         self.edits = []  # (start, end, replacement)
@@ -85,6 +86,8 @@ class Rewriter:
                 continue
             elif t.kind == "number":
                 self.literal(i)
+            elif self.count_divisions and t.text in ("/", "/=") and toks[i - 1].text != "operator":
+                self.replace(i, i, "/ ::msl_rt::division_probe /" if t.text == "/" else "/= ::msl_rt::DivisionProbe{} =")
             i += 1
         unknown = [k for k in self.values if k not in self.used_values]
         if unknown:

@@ -12,9 +12,10 @@ class Translation:
     function_constants: list
 
 
-def translate(preprocessed, function_constants=None):
-    """Rewrite preprocessed MSL to shim C++; returns a Translation (text, kernels, function constants)."""
-    rewriter = Rewriter(preprocessed, function_constants)
+def translate(preprocessed, function_constants=None, count_divisions=False):
+    """Rewrite preprocessed MSL to shim C++; returns a Translation (text, kernels, function constants).
+    count_divisions: for profile builds (rewrite.py)."""
+    rewriter = Rewriter(preprocessed, function_constants, count_divisions)
     rewriter.run()
     kernels = find_kernels(rewriter.tokens, rewriter.constants)
     return Translation(rewriter.rewritten(), kernels, list(rewriter.constants.values()))

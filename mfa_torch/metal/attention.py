@@ -74,7 +74,7 @@ def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_
     else:  # the kernels write the rows of the sequences only: tokens past cu_seqlens_q[-1] get 0 and no keys
         tensors["out"] = out = q.new_zeros(B, Hq, L, v.shape[3])
         tensors["stats"] = stats = torch.tensor([float("-inf"), 0.0], device=q.device).repeat(B, Hq, L, 1)
-    temporaries = executors.run(route, plan, tensors, checks)
+    temporaries = executors.run(route, plan, tensors, checks, problem.family)
     if count_tiles:  # a plan without launches (nothing to compute) computed no tiles
         return out, stats, _tile_count(temporaries, "tile_count")
     return out, stats
@@ -96,7 +96,7 @@ def backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlen
     if mask_grad:  # the kernel writes through the mask's strides: a contiguous full mask and its gradient
         tensors["mask"] = tensors["mask"].contiguous()
         tensors["dmask"] = dmask_float = torch.zeros(tensors["mask"].shape, dtype=torch.float32, device=q.device)
-    temporaries = executors.run(route, plan, tensors, checks)
+    temporaries = executors.run(route, plan, tensors, checks, problem.family)
     if mask_grad:
         dmask = dmask_float.to(mask.dtype)
     grads = dq, dk, dv, dmask

@@ -2,9 +2,10 @@
 import torch
 
 
-def run(route, plan, tensors, checks=None):
+def run(route, plan, tensors, checks=None, family=None):
     """tensors: {name: tensor} for every name the plan binds except its temporaries, which are allocated here on the
-    tensors' device and returned ({name: tensor}) for debug callers. checks: emulator checking mode."""
+    tensors' device and returned ({name: tensor}) for debug callers. checks: emulator checking mode; family: the GPU
+    family the plan is for (emulator profiles record it)."""
     device = next(iter(tensors.values())).device
     temporaries = {t.name: torch.empty(t.numel, dtype=getattr(torch, t.dtype), device=device)
                    for t in plan.temporaries}
@@ -14,7 +15,7 @@ def run(route, plan, tensors, checks=None):
         mps_executor.run_plan(plan, table)
     elif route == "emulator":
         from . import emulator_executor
-        emulator_executor.run_plan(plan, table, checks)
+        emulator_executor.run_plan(plan, table, checks, family)
     else:
         raise ValueError(f'route must be "metal" or "emulator", got {route!r}')
     return temporaries

@@ -41,5 +41,5 @@ def gemm(route, a, b, bias, *, c=None, family=None, checks=None):
     tensors = {"a": a, "b": b, "c": c}
     if bias is not None:
         tensors["bias"] = bias.contiguous()
-    executors.run(route, plan, tensors, checks)
+    executors.run(route, plan, tensors, checks, problem.family)
     return c

@@ -19,8 +19,14 @@ extern "C" struct msl_launch {
   int32_t strict;                   // SIMD-group functions must be reached by every live lane
   double timeout_seconds;           // the launch fails when it runs longer; 0: no limit
   uint64_t sync_points;             // out: barrier and SIMD-group arrivals
+  uint8_t buffer_device[31];        // profile builds: 1 for a buffer in the device address space, 0 for constant
+  uint64_t profile[msl_rt::profile_slots];  // out, profile builds: counters.hpp's Tally, then threadgroup bytes used
   char error[4096];                 // out: first error, empty on success
 };
+
+#if defined(MSL_PROFILE)
+extern "C" const int msl_profile_slots = msl_rt::profile_slots;  // checked against emulator/counters.py on load
+#endif
 
 #if defined(MSL_CHECK_BOUNDS) || defined(MSL_CHECK_RACES)
 extern "C" [[noreturn]] void msl_checked_kernel_error(const char* text);  // runtime/checked_main.hpp
@@ -77,10 +83,12 @@ inline std::unique_ptr<Group> make_group(Launch& l, const Kernel& k) {
   g->dirty_simdgroups.reserve(simdgroups);
   g->stack_count = capacity;
   size_t span = fiber_stack_size + guard_size;
-  void* m = mmap(nullptr, span * capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* m = mmap(nullptr, stacks_bytes(capacity), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
   if (m == MAP_FAILED) return nullptr;
   g->stacks = static_cast<char*>(m);
   for (int t = 0; t < capacity; t++) mprotect(g->stacks + span * t, guard_size, PROT_NONE);  // overflow faults
+  mprotect(g->stacks + span * capacity, stacks_tail_guard, PROT_NONE);
   g->memory.place_dynamic(l.threadgroup_memory);
   for (int d = 0; d < 3; d++) {
     g->geo.dispatch_size[d] = l.threadgroup_size[d];
@@ -89,6 +97,31 @@ inline std::unique_ptr<Group> make_group(Launch& l, const Kernel& k) {
   }
   return g;
 }
+
+#if defined(MSL_PROFILE)
+// A worker's view of memory for classifying accesses: its threadgroup memory and the launch's buffers.
+inline void start_profile(const Launch& l, Group& g) {
+  ProfileContext& p = tl_profile;
+  p = ProfileContext{};
+  p.tally = &g.tally;
+  p.arena = reinterpret_cast<uintptr_t>(g.memory.bytes);
+  p.arena_end = p.arena + ThreadgroupMemory::arena_size;
+  for (int i = 0; i < 31; i++)
+    if (l.buffers[i] && l.buffer_bytes[i]) {
+      p.lo[p.ranges] = reinterpret_cast<uintptr_t>(l.buffers[i]);
+      p.hi[p.ranges] = p.lo[p.ranges] + l.buffer_bytes[i];
+      p.device[p.ranges] = l.buffer_device[i] != 0;
+      p.ranges++;
+    }
+}
+
+inline void finish_profile(Launch& l, const Tally& t, size_t threadgroup_memory) {
+  for (int i = 0; i < counter_count; i++) l.profile[i] = t.counts[i];
+  for (int i = 0; i < mma_by_type_count; i++) l.profile[profile_mma_by_type + i] = t.mma_by_type[i];
+  l.profile[profile_tile_registers] = t.peak_tile_registers;
+  l.profile[profile_threadgroup_memory] = threadgroup_memory;
+}
+#endif
 
 inline void place_threadgroup(Group& g, uint64_t index) {
   const uint32_t* n = g.geo.groups;
@@ -114,6 +147,11 @@ inline int launch(Launch& l, const Kernel& k) {
   std::atomic<bool> failed{false};
   std::atomic<uint64_t> sync_points{0};
   std::mutex error_lock;
+#if defined(MSL_PROFILE)
+  std::mutex profile_lock;
+  Tally totals;
+  size_t threadgroup_memory = 0;
+#endif
   auto fail = [&](const std::string& text) {
     std::lock_guard<std::mutex> hold(error_lock);
     if (failed.exchange(true)) return;
@@ -128,6 +166,10 @@ inline int launch(Launch& l, const Kernel& k) {
     std::unique_ptr<Group> g = make_group(l, k);
     if (!g) return fail("cannot allocate fiber stacks");
     FaultGuard guard(l.timeout_seconds);
+#if defined(MSL_PROFILE)
+    start_profile(l, *g);
+    size_t threadgroup_bytes_used = 0;
+#endif
     for (uint64_t i; !failed.load() && (i = next++) < total;) {
       place_threadgroup(*g, i);
       bool ok;
@@ -140,8 +182,18 @@ inline int launch(Launch& l, const Kernel& k) {
       }
       guard.disarm();
       if (!ok) fail(g->error);
+#if defined(MSL_PROFILE)
+      threadgroup_bytes_used = std::max(threadgroup_bytes_used, g->memory.counted.load(std::memory_order_relaxed));
+#endif
     }
     sync_points += g->sync_points;
+#if defined(MSL_PROFILE)
+    {
+      std::lock_guard<std::mutex> hold(profile_lock);
+      totals.add(g->tally);
+      threadgroup_memory = std::max(threadgroup_memory, threadgroup_bytes_used);
+    }
+#endif
     tl_group = nullptr;
   };
   int workers = int(std::max<int64_t>(1, std::min<int64_t>(l.os_threads, int64_t(total))));
@@ -150,6 +202,9 @@ inline int launch(Launch& l, const Kernel& k) {
   worker();
   for (auto& t : pool) t.join();
   l.sync_points = sync_points.load();
+#if defined(MSL_PROFILE)
+  finish_profile(l, totals, threadgroup_memory);
+#endif
   return failed.load() ? 1 : 0;
 }
 

@@ -6,6 +6,7 @@
 // Each pass runs every runnable fiber until it blocks; counters kept as fibers block make the
 // release decisions cheap (no scan of all threads per synchronisation point).
 #pragma once
+#include "profile_hooks.hpp"
 #include "threadgroup.hpp"
 
 namespace msl_rt {
@@ -148,6 +149,9 @@ inline bool settle_barrier(Group& g) {
     g.runnable.push_back(t);
   }
   g.sync_points += uint64_t(g.n);
+#if defined(MSL_PROFILE)
+  g.tally.counts[barriers] += 1;  // once per threadgroup
+#endif
   g.at_barrier = 0, g.barrier_first = -1, g.barrier_other = -1;
   return true;
 }
@@ -158,6 +162,7 @@ inline void reset_threadgroup(Group& g) {
     san_create(g.threads[t].san, bottom, fiber_stack_size);
     g.threads[t].sp = fiber_initial_sp(bottom + fiber_stack_size, &fiber_main);
     g.threads[t].wait.store(Wait::running, std::memory_order_relaxed);
+    g.threads[t].tally = ThreadTally{};
   }
   for (int s = 0; s < (g.n + simd_width - 1) / simd_width; s++) {
     SimdGroup& sg = g.simdgroups[s];
@@ -183,7 +188,13 @@ inline bool run_threadgroup(Group& g, bool strict) {
     for (int t : g.next_runnable) {
       g.current.store(t, std::memory_order_relaxed);
       san_before_switch(g.threads[t].san, true);
+#if defined(MSL_PROFILE)
+      tl_profile.thread = &g.threads[t].tally;  // what runs now is the kernel's
+#endif
       msl_fiber_switch(&g.scheduler_sp, g.threads[t].sp);
+#if defined(MSL_PROFILE)
+      tl_profile.thread = nullptr;
+#endif
       san_after_switch(nullptr);
       if (g.failed.load(std::memory_order_acquire)) return false;
       note_blocked(g, t);

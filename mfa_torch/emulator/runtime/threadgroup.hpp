@@ -15,7 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "counters.hpp"
 #include "fiber.hpp"
+#include "profile_hooks.hpp"
+#include "stack_layout.hpp"
 #include "sanitizer.hpp"
 #include "threadgroup_memory.hpp"
 
@@ -25,8 +28,6 @@ namespace msl_rt {
 
 constexpr int simd_width = 32;
 constexpr uint32_t max_threads_per_threadgroup = 1024;
-constexpr size_t fiber_stack_size = 256 * 1024;
-constexpr size_t guard_size = 4096;
 
 // A source location in the .metal file (through #line), captured by a defaulted
 // std::source_location parameter at the call site: g++ may duplicate or merge calls, source lines stay.
@@ -54,6 +55,7 @@ struct Thread {
   std::atomic<const void*> simd_in{nullptr};  // this lane's argument of the pending SIMD-group function
   std::atomic<void*> simd_out{nullptr};       // where its result goes
   SanitizerFiber san;
+  ThreadTally tally;  // profile builds
 
   Site site() const { return Site{site_file.load(std::memory_order_relaxed), site_line.load(std::memory_order_relaxed)}; }
 };
@@ -101,11 +103,12 @@ struct Group {
   std::atomic<bool> failed{false};
   std::string error;
   uint64_t sync_points = 0;
+  Tally tally;  // profile builds: this worker's counts over its threadgroups
 
   Group() = default;
   Group(const Group&) = delete;
   ~Group() {
-    if (stacks) munmap(stacks, size_t(stack_count) * (fiber_stack_size + guard_size));
+    if (stacks) munmap(stacks, stacks_bytes(stack_count));
   }
 };
 
@@ -169,6 +172,7 @@ inline void switch_to_scheduler(Group& g) {
 
 // Park the current fiber until the scheduler releases it.
 inline void block(Wait kind, const char* op, const Site& site, void* sync) {
+  MSL_QUIET;
   Group& g = group();
   Thread& t = g.threads[g.current];
   t.op.store(op, std::memory_order_relaxed);
@@ -193,6 +197,7 @@ inline void threadgroup_barrier_wait(const Site& site, bool orders_memory) {
 // (simdgroup_barrier(mem_flags::mem_none)).
 template <class Out, class In, class Combine>
 Out simd_collective(const char* op, const Site& site, const In& in, Combine&& combine, bool orders_memory = true) {
+  MSL_QUIET;
   Group& g = group();
   int self = g.current, base = self / simd_width * simd_width;
   SimdGroup& sg = g.simdgroups[self / simd_width];

@@ -21,8 +21,19 @@ template <class T> msl_atomic_bits_t<T>* msl_atomic_bits(const volatile atomic<T
   return const_cast<msl_atomic_bits_t<T>*>(reinterpret_cast<const volatile msl_atomic_bits_t<T>*>(&object->value));
 }
 
+// Profile builds: an atomic operation is one access of the kernel, moving the value once (load, store) or twice
+// (read-modify-write), however many compare-and-swap attempts the emulator makes; those are quiet.
+template <class T> void msl_count_atomic(const volatile atomic<T>* object, bool read_modify_write) {
+#if defined(MSL_PROFILE)
+  msl_rt::count_access(const_cast<const atomic<T>*>(object), (read_modify_write ? 2 : 1) * sizeof(T));
+#endif
+  (void)object, (void)read_modify_write;
+}
+
 // Every update is a compare-and-swap loop on the bits: one code path for int, uint and float.
 template <class T, class F> T msl_atomic_update(volatile atomic<T>* object, F f) {
+  msl_count_atomic(object, true);
+  MSL_QUIET;
   using Bits = msl_atomic_bits_t<T>;
   Bits* bits = msl_atomic_bits(object);
   Bits old = __atomic_load_n(bits, __ATOMIC_RELAXED);
@@ -34,9 +45,13 @@ template <class T, class F> T msl_atomic_update(volatile atomic<T>* object, F f)
 }
 
 template <class T, class U> void atomic_store_explicit(volatile atomic<T>* object, U desired, memory_order = memory_order_relaxed) {
+  msl_count_atomic(object, false);
+  MSL_QUIET;
   __atomic_store_n(msl_atomic_bits(object), std::bit_cast<msl_atomic_bits_t<T>>(T(desired)), __ATOMIC_RELAXED);
 }
 template <class T> T atomic_load_explicit(const volatile atomic<T>* object, memory_order = memory_order_relaxed) {
+  msl_count_atomic(object, false);
+  MSL_QUIET;
   return std::bit_cast<T>(__atomic_load_n(msl_atomic_bits(object), __ATOMIC_RELAXED));
 }
 template <class T, class U> T atomic_exchange_explicit(volatile atomic<T>* object, U desired, memory_order = memory_order_relaxed) {
@@ -66,6 +81,8 @@ template <class T, class U> T atomic_fetch_max_explicit(volatile atomic<T>* obje
 template <class T, class U>
 bool atomic_compare_exchange_weak_explicit(volatile atomic<T>* object, T* expected, U desired, memory_order = memory_order_relaxed,
                                            memory_order = memory_order_relaxed) {
+  msl_count_atomic(object, true);
+  MSL_QUIET;
   using Bits = msl_atomic_bits_t<T>;
   Bits* bits = msl_atomic_bits(object);
   Bits want = std::bit_cast<Bits>(*expected), next = std::bit_cast<Bits>(T(desired));

@@ -14,16 +14,17 @@
 
 namespace metal {
 
-// f applied to a scalar of type T (half/bfloat through float) or component-wise to a vector
+// f applied to a scalar of type T (half/bfloat through float, conversions the kernel did not ask for: quiet in
+// profile builds) or component-wise to a vector
 #define MSL_NARROW_AND_VECTOR_1(NAME)                                                                    \
-  inline half NAME(half x) { return half(NAME(float(x))); }                                              \
-  inline bfloat NAME(bfloat x) { return bfloat(NAME(float(x))); }                                        \
+  inline half NAME(half x) { MSL_QUIET; return half(NAME(float(x))); }                                   \
+  inline bfloat NAME(bfloat x) { MSL_QUIET; return bfloat(NAME(float(x))); }                             \
   template <msl_vector_like V> requires msl_floating<msl_element_t<V>> auto NAME(const V& x) {                       \
     return msl_map<msl_element_t<V>>(x, [](auto e) { return NAME(e); });                                         \
   }
 #define MSL_NARROW_AND_VECTOR_2(NAME)                                                                    \
-  inline half NAME(half x, half y) { return half(NAME(float(x), float(y))); }                            \
-  inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME(float(x), float(y))); }                    \
+  inline half NAME(half x, half y) { MSL_QUIET; return half(NAME(float(x), float(y))); }                 \
+  inline bfloat NAME(bfloat x, bfloat y) { MSL_QUIET; return bfloat(NAME(float(x), float(y))); }         \
   template <class A, class B> requires((msl_vector_like<A> || msl_vector_like<B>) && msl_floating<msl_common_element_t<A, B>>) \
   auto NAME(const A& a, const B& b) {                                                                    \
     return msl_zip<msl_common_element_t<A, B>>(a, b, [](auto x, auto y) { return NAME(x, y); });                 \
@@ -40,11 +41,12 @@ MSL_STD_2(fmod) MSL_STD_2(copysign) MSL_STD_2(fmin) MSL_STD_2(fmax) MSL_STD_2(fd
 // ---- transcendental functions: the double function rounded once to float (see the top of this file) -----------
 // The double result is a named variable: in the emulator's fast-math mode g++ would narrow float(exp2(double(x))),
 // one expression, to the C library's exp2f.
+// Profile builds count each call (per component) as one transcendental.
 #define MSL_ROUNDED_1(NAME, DOUBLE_FN) \
-  inline float NAME(float x) { const double exact = DOUBLE_FN(double(x)); return float(exact); } \
+  inline float NAME(float x) { MSL_COUNT_BY_SHIM(transcendentals, 1); const double exact = DOUBLE_FN(double(x)); return float(exact); } \
   MSL_NARROW_AND_VECTOR_1(NAME)
 #define MSL_ROUNDED_2(NAME, DOUBLE_FN) \
-  inline float NAME(float x, float y) { const double exact = DOUBLE_FN(double(x), double(y)); return float(exact); } \
+  inline float NAME(float x, float y) { MSL_COUNT_BY_SHIM(transcendentals, 1); const double exact = DOUBLE_FN(double(x), double(y)); return float(exact); } \
   MSL_NARROW_AND_VECTOR_2(NAME)
 MSL_ROUNDED_1(exp, std::exp) MSL_ROUNDED_1(exp2, std::exp2) MSL_ROUNDED_1(log, std::log) MSL_ROUNDED_1(log2, std::log2)
 MSL_ROUNDED_1(log10, std::log10) MSL_ROUNDED_1(sin, std::sin) MSL_ROUNDED_1(cos, std::cos) MSL_ROUNDED_1(tan, std::tan)
@@ -59,12 +61,16 @@ MSL_ROUNDED_2(powr, std::pow)  // defined for x >= 0 only
 #undef MSL_ROUNDED_2
 
 // ---- float functions MSL adds ---------------------------------------------------------------------------
-inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
+inline float rsqrt(float x) { MSL_COUNT_BY_SHIM(transcendentals, 1); return 1.0f / std::sqrt(x); }  // a reciprocal
 inline float fract(float x) { return std::fmin(x - std::floor(x), 0x1.fffffep-1f); }
 inline float saturate(float x) { return std::fmin(std::fmax(x, 0.0f), 1.0f); }
 inline float sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : std::isnan(x) ? 0.0f : x; }
 inline float step(float edge, float x) { return x < edge ? 0.0f : 1.0f; }
-inline float divide(float x, float y) { return x / y; }
+inline float divide(float x, float y) {
+  MSL_COUNT_BY_SHIM(transcendentals, 1);
+  MSL_COUNT_BY_SHIM(divisions, 1);
+  return x / y;
+}
 MSL_NARROW_AND_VECTOR_1(rsqrt) MSL_NARROW_AND_VECTOR_1(fract)
 MSL_NARROW_AND_VECTOR_1(saturate) MSL_NARROW_AND_VECTOR_1(sign)
 MSL_NARROW_AND_VECTOR_2(step) MSL_NARROW_AND_VECTOR_2(divide)
@@ -72,13 +78,13 @@ MSL_NARROW_AND_VECTOR_2(step) MSL_NARROW_AND_VECTOR_2(divide)
 #undef MSL_NARROW_AND_VECTOR_2
 
 using std::abs;
-inline half abs(half x) { return half(std::fabs(float(x))); }
+inline half abs(half x) { MSL_QUIET; return half(std::fabs(float(x))); }
 inline bfloat abs(bfloat x) { return bfloat::from_bits(uint16_t(x.bits & 0x7fff)); }
 template <msl_vector_like V> auto abs(const V& x) { return msl_map<msl_element_t<V>>(x, [](auto e) { return abs(e); }); }
 
 using std::fma;
-inline half fma(half a, half b, half c) { return half(std::fma(float(a), float(b), float(c))); }  // exact in float, one rounding
-inline bfloat fma(bfloat a, bfloat b, bfloat c) { return bfloat(std::fma(float(a), float(b), float(c))); }
+inline half fma(half a, half b, half c) { MSL_QUIET; return half(std::fma(float(a), float(b), float(c))); }  // exact in float, one rounding
+inline bfloat fma(bfloat a, bfloat b, bfloat c) { MSL_QUIET; return bfloat(std::fma(float(a), float(b), float(c))); }
 template <class A, class B, class C> requires(msl_vector_like<A> || msl_vector_like<B> || msl_vector_like<C>)
 auto fma(const A& a, const B& b, const C& c) {
   using V = std::conditional_t<msl_vector_like<A>, A, std::conditional_t<msl_vector_like<B>, B, C>>;
@@ -101,10 +107,10 @@ template <class> inline constexpr bool msl_infinities_defined = true;
                 "isnan, isinf, isfinite, INFINITY, NAN or HUGE_VAL under fast math, where the compiler may "   \
                 "assume no value is infinite or NaN: compare with finite values, and write an infinity that is " \
                 "data from its bits (as_type)")
-template <msl_floating T> bool isnan(T x) { MSL_NEEDS_INFINITIES(T); return std::isnan(float(x)); }
-template <msl_floating T> bool isinf(T x) { MSL_NEEDS_INFINITIES(T); return std::isinf(float(x)); }
-template <msl_floating T> bool isfinite(T x) { MSL_NEEDS_INFINITIES(T); return std::isfinite(float(x)); }
-template <msl_floating T> bool signbit(T x) { return std::signbit(float(x)); }
+template <msl_floating T> bool isnan(T x) { MSL_NEEDS_INFINITIES(T); MSL_QUIET; return std::isnan(float(x)); }
+template <msl_floating T> bool isinf(T x) { MSL_NEEDS_INFINITIES(T); MSL_QUIET; return std::isinf(float(x)); }
+template <msl_floating T> bool isfinite(T x) { MSL_NEEDS_INFINITIES(T); MSL_QUIET; return std::isfinite(float(x)); }
+template <msl_floating T> bool signbit(T x) { MSL_QUIET; return std::signbit(float(x)); }
 template <msl_vector_like V> auto isnan(const V& x) { return msl_map<bool>(x, [](auto e) { return isnan(e); }); }
 template <msl_vector_like V> auto isinf(const V& x) { return msl_map<bool>(x, [](auto e) { return isinf(e); }); }
 template <msl_vector_like V> auto isfinite(const V& x) { return msl_map<bool>(x, [](auto e) { return isfinite(e); }); }
@@ -112,10 +118,12 @@ template <msl_vector_like V> auto signbit(const V& x) { return msl_map<bool>(x, 
 
 // ---- min / max / clamp / mix / select (MSL overloads take one type; no mixed scalar types) ----------------
 template <msl_scalar T> T max(T a, T b) {
+  MSL_QUIET;
   if constexpr (msl_floating<T>) return T(std::fmax(float(a), float(b)));  // a NaN operand yields the other
   else return a > b ? a : b;
 }
 template <msl_scalar T> T min(T a, T b) {
+  MSL_QUIET;
   if constexpr (msl_floating<T>) return T(std::fmin(float(a), float(b)));
   else return a < b ? a : b;
 }

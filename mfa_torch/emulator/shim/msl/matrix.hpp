@@ -18,8 +18,20 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
                 "simdgroup_matrix elements are float, half or bfloat");
   vec<T, 2> elements;
 
+#if defined(MSL_PROFILE)
+  // Profile builds count the registers of the tiles alive at once: 64 elements over 32 lanes.
+  static constexpr int registers = sizeof(T) == 4 ? 2 : 1;
+  simdgroup_matrix() { msl_rt::count_tile_registers(registers); }
+  simdgroup_matrix(const simdgroup_matrix& o) : elements(o.elements) { msl_rt::count_tile_registers(registers); }
+  simdgroup_matrix& operator=(const simdgroup_matrix& o) {
+    elements = o.elements;
+    return *this;
+  }
+  ~simdgroup_matrix() { msl_rt::count_tile_registers(-registers); }
+#else
   simdgroup_matrix() = default;
-  explicit simdgroup_matrix(T diagonal) {  // MSL: a diagonal matrix
+#endif
+  explicit simdgroup_matrix(T diagonal) : simdgroup_matrix() {  // MSL: a diagonal matrix
     uint lane = msl_rt::lane_id();
     int r = msl_sgm_row(lane), c = msl_sgm_col(lane);
     elements = vec<T, 2>(r == c ? diagonal : T(0), r == c + 1 ? diagonal : T(0));
@@ -54,15 +66,26 @@ inline void require_plain_origin(const char* op, ulong2 origin, bool transpose, 
 inline ulong tile_offset(int r, int c, ulong stride, ulong2 origin, bool transpose) {
   return transpose ? (origin.x + ulong(c)) * stride + origin.y + ulong(r) : (origin.y + ulong(r)) * stride + origin.x + ulong(c);
 }
+// Profile builds: a lane's part of a simdgroup_load or simdgroup_store is one access of its two elements.
+template <class T> void count_lane_access(const T* first) {
+#if defined(MSL_PROFILE)
+  msl_rt::count_access(first, 2 * sizeof(T), true);
+#endif
+  (void)first;
+}
+template <class T> constexpr int mma_type() { return std::is_same_v<T, float> ? 0 : std::is_same_v<T, half> ? 1 : 2; }
 }  // namespace simd_detail
 
 template <class T, class U>
 void simdgroup_load(thread simdgroup_matrix<T, 8, 8>& d, const U* src, ulong elements_per_row = 8, ulong2 matrix_origin = 0,
                     bool transpose_matrix = false, MSL_SITE_PARAM) {
   static_assert(std::is_same_v<std::remove_cv_t<U>, T>, "simdgroup_load: source element type must match the matrix");
+  MSL_QUIET;
   simd_detail::require_plain_origin("simdgroup_load", matrix_origin, transpose_matrix, msl_site);
   simd_detail::rendezvous("simdgroup_load", msl_site);
   uint lane = msl_rt::lane_id();
+  simd_detail::count_lane_access(src + simd_detail::tile_offset(msl_sgm_row(lane), msl_sgm_col(lane), elements_per_row,
+                                                                matrix_origin, transpose_matrix));
   for (int j = 0; j < 2; j++)
     d.elements[j] = src[simd_detail::tile_offset(msl_sgm_row(lane), msl_sgm_col(lane) + j, elements_per_row, matrix_origin, transpose_matrix)];
 }
@@ -71,9 +94,12 @@ template <class T, class U>
 void simdgroup_store(const thread simdgroup_matrix<T, 8, 8>& a, U* dst, ulong elements_per_row = 8, ulong2 matrix_origin = 0,
                      bool transpose_matrix = false, MSL_SITE_PARAM) {
   static_assert(std::is_same_v<U, T>, "simdgroup_store: destination element type must match the matrix");
+  MSL_QUIET;
   simd_detail::require_plain_origin("simdgroup_store", matrix_origin, transpose_matrix, msl_site);
   simd_detail::rendezvous("simdgroup_store", msl_site);
   uint lane = msl_rt::lane_id();
+  simd_detail::count_lane_access(dst + simd_detail::tile_offset(msl_sgm_row(lane), msl_sgm_col(lane), elements_per_row,
+                                                                matrix_origin, transpose_matrix));
   for (int j = 0; j < 2; j++)
     dst[simd_detail::tile_offset(msl_sgm_row(lane), msl_sgm_col(lane) + j, elements_per_row, matrix_origin, transpose_matrix)] = a.elements[j];
 }
@@ -91,6 +117,11 @@ void simdgroup_multiply_accumulate(thread simdgroup_matrix<TD, 8, 8>& d, const t
   d.elements = msl_rt::simd_collective<vec<TD, 2>>(
       "simdgroup_multiply_accumulate", msl_site, mine, [](const Operands* const* in, vec<TD, 2>* const* out, uint32_t active) {
         if (active != 0xffffffffu) msl_rt::thread_fail(msl_rt::me().site(), "simdgroup_multiply_accumulate needs all 32 lanes of the SIMD-group");
+#if defined(MSL_PROFILE)
+        msl_rt::count_mma(msl_rt::mma_type_index(simd_detail::mma_type<TA>(), simd_detail::mma_type<TB>(),
+                                                 simd_detail::mma_type<TC>(), simd_detail::mma_type<TD>()));
+        MSL_QUIET;
+#endif
         float A[8][8], B[8][8], C[8][8];
         for (int l = 0; l < 32; l++)
           for (int j = 0; j < 2; j++) {

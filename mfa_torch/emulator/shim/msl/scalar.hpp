@@ -1,10 +1,14 @@
-// MSL scalar types. half is IEEE binary16 (_Float16: g++ rounds every operation to half);
-// bfloat is a wrapper whose every operation is computed in float and rounded to nearest even.
+// MSL scalar types. half is IEEE binary16 (_Float16: g++ rounds every operation to half; in profile builds a class
+// around it, counted_half.hpp); bfloat is a wrapper whose every operation is computed in float and rounded to
+// nearest even. Profile builds count conversions between float and half or bfloat, so bfloat arithmetic counts as
+// the conversions it is made of (as on GPUs before Apple9, which compute bfloat in float).
 #pragma once
 #include <bit>
 #include <concepts>
 #include <cstdint>
 #include <type_traits>
+
+#include "../../runtime/profile_hooks.hpp"
 
 namespace metal {
 
@@ -12,7 +16,11 @@ typedef unsigned char uchar;
 typedef unsigned short ushort;
 typedef unsigned int uint;
 typedef unsigned long ulong;  // MSL long/ulong are 64-bit, as on x86-64 Linux
+#if defined(MSL_PROFILE)
+struct half;
+#else
 typedef _Float16 half;
+#endif
 
 constexpr uint16_t msl_float_to_bfloat_bits(float f) {
   uint32_t u = std::bit_cast<uint32_t>(f);
@@ -29,8 +37,14 @@ struct bfloat {
   uint16_t bits;
 
   bfloat() = default;
-  template <msl_arithmetic T> constexpr bfloat(T v) : bits(msl_float_to_bfloat_bits(float(v))) {}
-  constexpr operator float() const { return std::bit_cast<float>(uint32_t(bits) << 16); }
+  template <msl_arithmetic T> constexpr bfloat(T v) : bits(msl_float_to_bfloat_bits(float(v))) {
+    if constexpr (msl_floating<T>)
+      if (!std::is_constant_evaluated()) MSL_COUNT(conversions, 1);
+  }
+  constexpr operator float() const {
+    if (!std::is_constant_evaluated()) MSL_COUNT(conversions, 1);
+    return std::bit_cast<float>(uint32_t(bits) << 16);
+  }
   // MSL documents no bfloat-to-bool conversion: rejected here (not taken through float) so that kernels compare.
   explicit operator bool() const = delete;
   static constexpr bfloat from_bits(uint16_t b) { bfloat r; r.bits = b; return r; }
@@ -69,6 +83,12 @@ MSL_BFLOAT_COMPARE(>=)
 #undef MSL_BFLOAT_COMPARE
 inline bfloat operator-(bfloat a) { return bfloat::from_bits(uint16_t(a.bits ^ 0x8000)); }
 inline bfloat operator+(bfloat a) { return a; }
+
+}  // namespace metal
+#if defined(MSL_PROFILE)
+#include "counted_half.hpp"
+#endif
+namespace metal {
 
 static_assert(sizeof(bfloat) == 2 && alignof(bfloat) == 2);
 static_assert(sizeof(half) == 2);

@@ -4,6 +4,7 @@
 // reductions and scans cover the active lanes; up/down shuffles do not wrap (out-of-range lanes keep their
 // value); reading an inactive lane yields poison (all bits set), since the hardware returns garbage.
 #pragma once
+#include "../../runtime/profile_hooks.hpp"
 #include "../../runtime/threadgroup.hpp"
 #include "vector.hpp"
 
@@ -63,6 +64,8 @@ template <class T> struct Args {
 template <int Width, class T, class Source>
 T permute(const char* op, const msl_rt::Site& site, const Args<T>& in) {
   return msl_rt::simd_collective<T>(op, site, in, [](const Args<T>* const* ins, T* const* outs, uint32_t active) {
+    MSL_COUNT_BY_SHIM(shuffles, 1);  // once per SIMD-group call
+    MSL_QUIET;
     for (int l = 0; l < msl_rt::simd_width; l++) {
       if (!(active >> l & 1)) continue;
       int base = l & ~(Width - 1);
@@ -80,6 +83,8 @@ template <int Width, Fold Kind, class Op, class T>
 T fold(const char* op, const msl_rt::Site& site, const T& x, T identity) {
   Args<T> in{x, identity, 0, 0};
   return msl_rt::simd_collective<T>(op, site, in, [](const Args<T>* const* ins, T* const* outs, uint32_t active) {
+    MSL_COUNT_BY_SHIM(simd_reductions, 1);  // once per SIMD-group call
+    MSL_QUIET;
     for (int base = 0; base < msl_rt::simd_width; base += Width) {
       T acc{};
       bool any = false;

@@ -72,18 +72,22 @@ template <msl_vector_like V> vec<msl_element_t<V>, msl_components<V>> msl_as_vec
 template <class T, int N, bool P> constexpr size_t msl_vec_alignment() { return P ? alignof(T) : sizeof(T) * (N == 3 ? 4 : N); }
 
 // Members shared by all sizes. Copy operations are user-provided because the swizzle union members
-// make the implicit ones unusable.
+// make the implicit ones unusable; they copy the components as one object, so that a vector load or store is one
+// access (profile builds count it so). Conversions and operators take vectors by value for the same reason.
 #define MSL_VEC_COMMON(N)                                                                                       \
+  struct msl_components_of { T v[N]; };                                                                         \
   basic_vec() = default;                                                                                        \
-  basic_vec(const basic_vec& o) { for (int i = 0; i < N; i++) v[i] = o.v[i]; }                                   \
-  basic_vec& operator=(const basic_vec& o) { for (int i = 0; i < N; i++) v[i] = o.v[i]; return *this; }         \
+  basic_vec(const basic_vec& o) { components() = o.components(); }                                              \
+  basic_vec& operator=(const basic_vec& o) { components() = o.components(); return *this; }                    \
+  msl_components_of& components() { return *reinterpret_cast<msl_components_of*>(v); }                         \
+  const msl_components_of& components() const { return *reinterpret_cast<const msl_components_of*>(v); }       \
   template <msl_scalar U> basic_vec(U s) { for (int i = 0; i < N; i++) v[i] = T(s); }                              \
-  template <class... A> requires(sizeof...(A) >= 2 && (msl_components<A> + ...) == N) basic_vec(const A&... parts) { \
+  template <class... A> requires(sizeof...(A) >= 2 && (msl_components<A> + ...) == N) basic_vec(A... parts) {      \
     int k = 0;                                                                                                  \
     ((fill_from(parts, k)), ...);                                                                               \
   }                                                                                                             \
-  basic_vec(const basic_vec<T, N, !P>& o) { for (int i = 0; i < N; i++) v[i] = o.v[i]; }                        \
-  template <class U, bool Q> requires(!std::is_same_v<U, T>) explicit basic_vec(const basic_vec<U, N, Q>& o) {   \
+  basic_vec(basic_vec<T, N, !P> o) { for (int i = 0; i < N; i++) v[i] = o.v[i]; }                               \
+  template <class U, bool Q> requires(!std::is_same_v<U, T>) explicit basic_vec(basic_vec<U, N, Q> o) {          \
     for (int i = 0; i < N; i++) v[i] = T(o.v[i]);                                                               \
   }                                                                                                             \
   template <class U, int M, int... I> requires(sizeof...(I) == N && !std::is_same_v<U, T>)                      \
@@ -144,7 +148,7 @@ template <class T, bool P> struct alignas(msl_vec_alignment<T, 4, P>()) basic_ve
 // vector op scalar converts the scalar to the vector's element type.
 template <class A, class B> using msl_common_element_t = msl_element_t<std::conditional_t<msl_vector_like<A>, A, B>>;
 
-template <class R, class A, class B, class F> vec<R, std::max(msl_components<A>, msl_components<B>)> msl_zip(const A& a, const B& b, F f) {
+template <class R, class A, class B, class F> vec<R, std::max(msl_components<A>, msl_components<B>)> msl_zip(A a, B b, F f) {
   using E = msl_common_element_t<A, B>;
   if constexpr (msl_vector_like<A> && msl_vector_like<B>) {
     static_assert(msl_components<A> == msl_components<B>, "MSL: vector operands of different sizes");
@@ -190,7 +194,7 @@ MSL_VEC_COMPARE(>)
 MSL_VEC_COMPARE(>=)
 #undef MSL_VEC_COMPARE
 
-template <class R, msl_vector_like V, class F> vec<R, msl_components<V>> msl_map(const V& a, F f) {
+template <class R, msl_vector_like V, class F> vec<R, msl_components<V>> msl_map(V a, F f) {
   vec<R, msl_components<V>> r;
   for (int i = 0; i < msl_components<V>; i++) r.v[i] = R(f(a[i]));
   return r;
@@ -200,11 +204,11 @@ template <msl_vector_like V> auto operator+(const V& a) { return msl_as_vec(a); 
 template <msl_vector_like V> auto operator~(const V& a) { return msl_map<msl_element_t<V>>(a, [](auto x) { return ~x; }); }
 template <msl_vector_like V> auto operator!(const V& a) { return msl_map<bool>(a, [](auto x) { return !x; }); }
 
-template <msl_vector_like V> bool all(const V& a) {
+template <msl_vector_like V> bool all(V a) {
   for (int i = 0; i < msl_components<V>; i++) if (!a[i]) return false;
   return true;
 }
-template <msl_vector_like V> bool any(const V& a) {
+template <msl_vector_like V> bool any(V a) {
   for (int i = 0; i < msl_components<V>; i++) if (a[i]) return true;
   return false;
 }
