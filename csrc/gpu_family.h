@@ -20,4 +20,7 @@ inline GpuFamily parse_gpu_family(const std::string& name) {
 // M3 and later: dynamic caching makes loads straight from device memory cheap (facts/metal.md).
 inline bool has_dynamic_caching(GpuFamily family) { return family >= GpuFamily::Apple9; }
 
+// bfloat arithmetic is native from M3 (Apple9) on; before, the kernels compute bfloat operands in float (facts).
+inline bool has_bfloat_arithmetic(GpuFamily family) { return family >= GpuFamily::Apple9; }
+
 }  // namespace mfa

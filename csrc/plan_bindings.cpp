@@ -82,7 +82,11 @@ void bind_plans(py::module& m) {
       .def_readwrite("dropout_seed", &AttentionProblem::dropout_seed)
       .def_readwrite("dropout_offset", &AttentionProblem::dropout_offset)
       .def_readwrite("family", &AttentionProblem::family)
-      .def_readwrite("count_tiles", &AttentionProblem::count_tiles);
+      .def_readwrite("count_tiles", &AttentionProblem::count_tiles)
+      .def_readwrite("q_aligned", &AttentionProblem::q_aligned)
+      .def_readwrite("k_aligned", &AttentionProblem::k_aligned)
+      .def_readwrite("v_aligned", &AttentionProblem::v_aligned)
+      .def_readwrite("grad_out_aligned", &AttentionProblem::grad_out_aligned);
   m.def("plan_attention_forward", &plan_attention_forward, "The launch plan of one attention forward call.");
   m.def("plan_attention_backward", &plan_attention_backward, pybind11::arg("problem"), pybind11::arg("mask_grad"),
         "The launch plan of one attention backward call.");

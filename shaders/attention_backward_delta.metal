@@ -29,7 +29,7 @@ kernel void attention_backward_delta(device const MFA_T* grad_out [[buffer(MFA_A
 
   simdgroup_float8x8 do_tiles[MFA_VALUE_DIM / 8];
   mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + (row0 + r) * p.value_dim, int(r) < valid_rows, p.value_dim,
-                                    lane);
+                                    lane, false);
   simdgroup_float8x8 products = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {

@@ -5,10 +5,11 @@
 // dS^T = P^T * (dP^T - D), dK += dS^T Q (with the softcap chain rule and the scale).
 //
 // Grid: x = key blocks, y = K/V head, z = batch (or sequence). K, V and the dK/dV accumulators stay in registers (one
-// SIMD-group owns 8 keys); Q, dO, the softmax max and 1 / sum, and D of the current query block are staged in
-// threadgroup memory.
+// SIMD-group owns 8 keys); Q and dO of the current query block (in the input type, as attention_forward copies K and
+// V), its softmax max and 1 / sum, and D are staged in threadgroup memory.
 #include <metal_stdlib>
 using namespace metal;
+#include "attention_operands.h"
 #include "attention_params.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
@@ -39,8 +40,10 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
                                     ushort sg [[simdgroup_index_in_threadgroup]],
                                     ushort lane [[thread_index_in_simdgroup]],
                                     ushort tid [[thread_index_in_threadgroup]]) {
-  threadgroup float q_tile[MFA_BLOCK_Q * MFA_HEAD_DIM];
-  threadgroup float do_tile[MFA_BLOCK_Q * MFA_VALUE_DIM];
+  threadgroup uint4 q_storage[MFA_BLOCK_Q * MFA_HEAD_DIM * sizeof(MFA_T) / 16];  // 16-byte aligned rows
+  threadgroup uint4 do_storage[MFA_BLOCK_Q * MFA_VALUE_DIM * sizeof(MFA_T) / 16];
+  threadgroup MFA_T* const q_tile = reinterpret_cast<threadgroup MFA_T*>(q_storage);
+  threadgroup MFA_T* const do_tile = reinterpret_cast<threadgroup MFA_T*>(do_storage);
   threadgroup float2 softmax_tile[MFA_BLOCK_Q];  // (max, 1 / sum)
   threadgroup float delta_tile[MFA_BLOCK_Q];
   const uint seq = group.z, kv_head = group.y, G = p.group;
@@ -62,10 +65,10 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   simdgroup_float8x8 dk_tiles[MFA_HEAD_DIM / 8], dv_tiles[MFA_VALUE_DIM / 8];
   mfa_load_row_tiles<MFA_HEAD_DIM>(
       k_tiles, k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid,
-      p.head_dim, lane);
+      p.head_dim, lane, p.wide_rows & 2u);
   mfa_load_row_tiles<MFA_VALUE_DIM>(
       v_tiles, v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid,
-      p.value_dim, lane);
+      p.value_dim, lane, p.wide_rows & 4u);
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dk_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
   #pragma clang loop unroll(full)
@@ -78,10 +81,12 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
     for (int block = block_begin; block < block_end; block++) {
       const int query0 = block * MFA_BLOCK_Q, queries = min(MFA_BLOCK_Q, sq.q_len - query0);
       threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous query block is consumed
-      mfa_stage_rows<MFA_BLOCK_Q, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(q_tile, q_rows + query0 * p.q_strides[2],
-                                                                       p.q_strides[2], queries, p.head_dim, tid);
-      mfa_stage_rows<MFA_BLOCK_Q, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(
-          do_tile, grad_out + (head_base + query0) * p.value_dim, p.value_dim, queries, p.value_dim, tid);
+      mfa_copy_rows<MFA_BLOCK_Q, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(q_tile, q_rows + query0 * p.q_strides[2],
+                                                                      p.q_strides[2], queries, p.head_dim, tid,
+                                                                      p.wide_rows & 1u);
+      mfa_copy_rows<MFA_BLOCK_Q, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(
+          do_tile, grad_out + (head_base + query0) * p.value_dim, p.value_dim, queries, p.value_dim, tid,
+          p.wide_rows & 8u);
       if (tid < MFA_BLOCK_Q) {  // rows past the end attend nothing: 1 / sum = 0 makes their probabilities 0
         softmax_tile[tid] = attention_row_softmax(int(tid) < queries ? stats[head_base + query0 + tid] : float2(0.0f));
         delta_tile[tid] = int(tid) < queries ? delta[head_base + query0 + tid] : 0.0f;
@@ -92,15 +97,15 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
         simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-          simdgroup_float8x8 q_t;
+          mfa_operand_tile q_t;
           // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-          simdgroup_load(q_t, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, ulong2(0, 0), true);
+          mfa_load_operand(q_t, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, true);
           simdgroup_multiply_accumulate(s_tile, k_tiles[d], q_t, s_tile);
         }
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
-          simdgroup_float8x8 do_t;
-          simdgroup_load(do_t, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, ulong2(0, 0), true);
+          mfa_operand_tile do_t;
+          mfa_load_operand(do_t, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true);
           simdgroup_multiply_accumulate(dp_tile, v_tiles[d], do_t, dp_tile);
         }
         thread float2& s = s_tile.thread_elements();
@@ -120,14 +125,14 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
         }
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
-          simdgroup_float8x8 do_rows;
-          simdgroup_load(do_rows, do_tile, MFA_VALUE_DIM, ulong2(d * 8, c * 8));
+          mfa_operand_tile do_rows;
+          mfa_load_operand(do_rows, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, false);
           simdgroup_multiply_accumulate(dv_tiles[d], s_tile, do_rows, dv_tiles[d]);
         }
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-          simdgroup_float8x8 q_rows;
-          simdgroup_load(q_rows, q_tile, MFA_HEAD_DIM, ulong2(d * 8, c * 8));
+          mfa_operand_tile q_rows;
+          mfa_load_operand(q_rows, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false);
           simdgroup_multiply_accumulate(dk_tiles[d], dp_tile, q_rows, dk_tiles[d]);
         }
       }
@@ -139,7 +144,9 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   }
 #endif
   if (key_valid) {
-    mfa_store_row_tiles<MFA_HEAD_DIM>(dk + kv_row * p.head_dim, dk_tiles, 1.0f, p.head_dim, lane);
-    mfa_store_row_tiles<MFA_VALUE_DIM>(dv + kv_row * p.value_dim, dv_tiles, 1.0f, p.value_dim, lane);
+    // dk and dv are dense: with even dims every row begins on two elements
+    mfa_store_row_tiles<MFA_HEAD_DIM>(dk + kv_row * p.head_dim, dk_tiles, 1.0f, p.head_dim, lane, (p.head_dim & 1u) == 0);
+    mfa_store_row_tiles<MFA_VALUE_DIM>(dv + kv_row * p.value_dim, dv_tiles, 1.0f, p.value_dim, lane,
+                                       (p.value_dim & 1u) == 0);
   }
 }

@@ -5,9 +5,10 @@
 //
 // Grid and row packing as attention_forward: x = blocks of MFA_BLOCK_Q packed query rows (the query heads of one
 // GQA group share the K/V tiles), y = K/V head, z = batch (or sequence). Q, dO and the dQ accumulator stay in
-// registers; K and V tiles are staged together in threadgroup memory as float.
+// registers; K and V tiles are copied together into threadgroup memory in the input type (as attention_forward).
 #include <metal_stdlib>
 using namespace metal;
+#include "attention_operands.h"
 #include "attention_params.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
@@ -38,8 +39,10 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                   ushort sg [[simdgroup_index_in_threadgroup]],
                                   ushort lane [[thread_index_in_simdgroup]],
                                   ushort tid [[thread_index_in_threadgroup]]) {
-  threadgroup float k_tile[MFA_BLOCK_K * MFA_HEAD_DIM];
-  threadgroup float v_tile[MFA_BLOCK_K * MFA_VALUE_DIM];
+  threadgroup uint4 k_storage[MFA_BLOCK_K * MFA_HEAD_DIM * sizeof(MFA_T) / 16];  // 16-byte aligned rows
+  threadgroup uint4 v_storage[MFA_BLOCK_K * MFA_VALUE_DIM * sizeof(MFA_T) / 16];
+  threadgroup MFA_T* const k_tile = reinterpret_cast<threadgroup MFA_T*>(k_storage);
+  threadgroup MFA_T* const v_tile = reinterpret_cast<threadgroup MFA_T*>(v_storage);
   const uint seq = group.z, kv_head = group.y, G = p.group;
   const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
   const int packed_rows = sq.q_len * int(G);
@@ -64,33 +67,36 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], do_tiles[MFA_VALUE_DIM / 8], dq_tiles[MFA_HEAD_DIM / 8];
   mfa_load_row_tiles<MFA_HEAD_DIM>(
       q_tiles, q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid,
-      p.head_dim, lane);
-  mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane);
+      p.head_dim, lane, p.wide_rows & 1u);
+  mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane,
+                                    p.wide_rows & 8u);
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous tiles are consumed
-    mfa_stage_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k_rows + key0 * p.k_strides[2],
-                                                                     p.k_strides[2], keys, p.head_dim, tid);
-    mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(v_tile, v_rows + key0 * p.v_strides[2],
-                                                                       p.v_strides[2], keys, p.value_dim, tid);
+    mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k_rows + key0 * p.k_strides[2],
+                                                                    p.k_strides[2], keys, p.head_dim, tid,
+                                                                    p.wide_rows & 2u);
+    mfa_copy_rows<MFA_BLOCK_K, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(v_tile, v_rows + key0 * p.v_strides[2],
+                                                                      p.v_strides[2], keys, p.value_dim, tid,
+                                                                      p.wide_rows & 4u);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-        simdgroup_float8x8 k_t;
+        mfa_operand_tile k_t;
         // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-        simdgroup_load(k_t, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, ulong2(0, 0), true);
+        mfa_load_operand(k_t, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, true);
         simdgroup_multiply_accumulate(s_tile, q_tiles[d], k_t, s_tile);
       }
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
-        simdgroup_float8x8 v_t;
-        simdgroup_load(v_t, v_tile + j * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, ulong2(0, 0), true);
+        mfa_operand_tile v_t;
+        mfa_load_operand(v_t, v_tile + j * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true);
         simdgroup_multiply_accumulate(dp_tile, do_tiles[d], v_t, dp_tile);
       }
       thread float2& s = s_tile.thread_elements();
@@ -111,8 +117,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       }
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-        simdgroup_float8x8 k_rows;
-        simdgroup_load(k_rows, k_tile, MFA_HEAD_DIM, ulong2(d * 8, j * 8));
+        mfa_operand_tile k_rows;
+        mfa_load_operand(k_rows, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false);
         simdgroup_multiply_accumulate(dq_tiles[d], s_tile, k_rows, dq_tiles[d]);
       }
     }
@@ -120,5 +126,6 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #if MFA_COUNT_TILES
   if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
 #endif
-  if (row_valid) mfa_store_row_tiles<MFA_HEAD_DIM>(dq + q_row * p.head_dim, dq_tiles, 1.0f, p.head_dim, lane);
+  if (row_valid)  // dq is dense: with an even head dim every row begins on two elements
+    mfa_store_row_tiles<MFA_HEAD_DIM>(dq + q_row * p.head_dim, dq_tiles, 1.0f, p.head_dim, lane, (p.head_dim & 1u) == 0);
 }

@@ -4,14 +4,16 @@
 // The query heads of one GQA group are packed into the rows of a threadgroup (row r -> query r / group,
 // head kv_head * group + r % group), so each K/V tile is loaded once for the whole group and short queries
 // (decoding) still fill the SIMD-groups. One SIMD-group owns 8 packed rows; Q and the output accumulator
-// stay in registers as 8x8 float tiles, K and V tiles are staged through threadgroup memory as float.
+// stay in registers as 8x8 float tiles, K and V tiles are copied into threadgroup memory as they are (16 bytes per
+// access where their rows allow) and taken by the matrix unit in the input type (float for bfloat before Apple9).
 // Key blocks outside the causal/window band of the threadgroup's rows are never loaded.
 //
 // Defines (chosen by csrc/attention/forward_plan.cpp): MFA_T (input type), MFA_HEAD_DIM / MFA_VALUE_DIM (E, Ev
 // rounded up to 8), MFA_BLOCK_Q (8 * SIMD-groups), MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
-// (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles).
+// (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT.
 #include <metal_stdlib>
 using namespace metal;
+#include "attention_operands.h"
 #include "attention_params.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
@@ -47,7 +49,9 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               ushort sg [[simdgroup_index_in_threadgroup]],
                               ushort lane [[thread_index_in_simdgroup]],
                               ushort tid [[thread_index_in_threadgroup]]) {
-  threadgroup float kv_tile[MFA_BLOCK_K * TILE_STRIDE];
+  threadgroup uint4 kv_storage[MFA_BLOCK_K * TILE_STRIDE * sizeof(MFA_T) / 16];  // 16-byte aligned rows
+  threadgroup MFA_T* const kv_tile = reinterpret_cast<threadgroup MFA_T*>(kv_storage);
+  const bool wide_q = p.wide_rows & 1u, wide_k = p.wide_rows & 2u, wide_v = p.wide_rows & 4u;
   const uint split = group.z % p.num_splits, seq = group.z / p.num_splits, kv_head = group.y;
   const uint G = p.group;
 
@@ -76,7 +80,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], o_tiles[MFA_VALUE_DIM / 8];
   mfa_load_row_tiles<MFA_HEAD_DIM>(
       q_tiles, q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid,
-      p.head_dim, lane);
+      p.head_dim, lane, wide_q);
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
@@ -89,8 +93,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile is consumed
-    mfa_stage_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k_rows + key0 * p.k_strides[2],
-                                                                    p.k_strides[2], keys, p.head_dim, tid);
+    mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k_rows + key0 * p.k_strides[2],
+                                                                   p.k_strides[2], keys, p.head_dim, tid, wide_k);
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
     simdgroup_float8x8 s_tiles[MFA_BLOCK_K / 8];
@@ -101,9 +105,9 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-        simdgroup_float8x8 k_t;
+        mfa_operand_tile k_t;
         // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-        simdgroup_load(k_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, ulong2(0, 0), true);
+        mfa_load_operand(k_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, true);
         simdgroup_multiply_accumulate(s_tiles[j], q_tiles[d], k_t, s_tiles[j]);
       }
       thread float2& s = s_tiles[j].thread_elements();
@@ -137,15 +141,15 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
 
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every SIMD-group is done with the K tile
-    mfa_stage_rows<MFA_BLOCK_K, MFA_VALUE_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows + key0 * p.v_strides[2],
-                                                                     p.v_strides[2], keys, p.value_dim, tid);
+    mfa_copy_rows<MFA_BLOCK_K, MFA_VALUE_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows + key0 * p.v_strides[2],
+                                                                    p.v_strides[2], keys, p.value_dim, tid, wide_v);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     #pragma clang loop unroll(full)
     for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
       #pragma clang loop unroll(full)
       for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
-        simdgroup_float8x8 v_t;
-        simdgroup_load(v_t, kv_tile, TILE_STRIDE, ulong2(d * 8, j * 8));
+        mfa_operand_tile v_t;
+        mfa_load_operand(v_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, false);
         simdgroup_multiply_accumulate(o_tiles[d], s_tiles[j], v_t, o_tiles[d]);
       }
     }
@@ -162,6 +166,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #else
   const long out_row = q_row;
 #endif
-  mfa_store_row_tiles<MFA_VALUE_DIM>(out + out_row * p.value_dim, o_tiles, inv_sum, p.value_dim, lane);
+  // out is dense: with an even value dim every row begins on two elements
+  mfa_store_row_tiles<MFA_VALUE_DIM>(out + out_row * p.value_dim, o_tiles, inv_sum, p.value_dim, lane,
+                                     (p.value_dim & 1u) == 0);
   if (tile_col == 0) stats[out_row] = attention_stats(row_max, row_sum);
 }

@@ -71,4 +71,5 @@ struct AttentionParams {
   mfa_u32 num_splits;         // key splits per (batch, kv head, query block); > 1 writes partials for attention_combine
   mfa_u32 blocks_per_split;   // key blocks per split
   mfa_u32 max_seqlen_q;       // varlen: longest sequence (the combine grid); else Lq
+  mfa_u32 wide_rows;          // bit 0 q, 1 k, 2 v, 3 grad_out: each row begins on 16 bytes, holds whole 16-byte chunks
 };

@@ -55,7 +55,8 @@ def test_every_head_dim_fits_the_gpu_limits(family, dtype):
             assert int(d["MFA_HEAD_DIM"]) >= E and int(d["MFA_HEAD_DIM"]) % 8 == 0
             assert int(d["MFA_VALUE_DIM"]) >= Ev and int(d["MFA_VALUE_DIM"]) % 8 == 0
             assert d["MFA_T"] == {"float32": "float", "float16": "half", "bfloat16": "bfloat"}[dtype]
-            tile = int(d["MFA_BLOCK_K"]) * max(int(d["MFA_HEAD_DIM"]), int(d["MFA_VALUE_DIM"])) * 4
+            element = 4 if dtype == "float32" else 2  # K and V tiles in the input type
+            tile = int(d["MFA_BLOCK_K"]) * max(int(d["MFA_HEAD_DIM"]), int(d["MFA_VALUE_DIM"])) * element
             assert plan.launches[0].threadgroup_memory == tile  # what the shader declares
 
 

@@ -7,13 +7,15 @@ Three calls cover every code path of attention_forward, attention_combine, atten
 attention_backward_dq and attention_backward_dkdv:
   A  float mask over every dimension with its gradient (dQ kernel's MFA_MASK_GRAD), GQA, window band, ALiBi, softcap,
      dropout, float16 with head dims 20 / 12 (zero-padded to 24 / 16); edge tiles in both directions (42 packed rows in
-     blocks of 32, 80 keys in blocks of 64 and 32), partially valid SIMD-groups; q, k, v are (B, S, H, D) tensors
-     transposed, read in place through their strides; forward and backward.
+     blocks of 32, 80 keys in blocks of 128 (forward) and 32 (backward)), partially valid SIMD-groups; q, k, v are
+     (B, S, H, D) tensors transposed, read in place through their strides, one element per copy; forward and backward.
   B  bool mask read through broadcast (stride-0) dimensions, bottom-right causal, a short query block (9 rows in a
      threadgroup of 16); forward (the backward reads masks through the same score helper as case A's).
   C  varlen with an empty sequence and MQA (3 query heads packed per K/V head, 18 packed rows in a threadgroup of 24),
      keys long enough to split (split-KV forward + combine), causal bottom-right, 27 query rows (the delta kernel's
      last threadgroup of 4 rows is partial); q, k, v are views of packed (total, H, D) tokens; forward and backward.
+  D  contiguous float16 with head dims 64: rows copied 16 bytes per access (AttentionParams::wide_rows) and the last
+     key block partial (200 keys in blocks of 128); forward and backward.
 The checked builds compile slowly (~15 s each, cached on disk afterwards): the variants are compiled up front, two
 at a time, and shared by the cases of a mode.
 """
@@ -56,6 +58,11 @@ def _case(name):
             return attention_fp64(q, k, v, mask=mask, window=(30, 5), alibi_slopes=alibi, softcap=5.0, scale=0.3,
                                   dropout_keep=keep, dropout_p=p)
         return args, True, oracle
+    if name == "D":
+        B, H, L, S, E = 1, 2, 40, 200, 64
+        q, k, v = rand(B, H, L, E).to(DTYPE), rand(B, H, S, E).to(DTYPE), rand(B, H, S, E).to(DTYPE)
+        args = (q, k, v, None, None, None, None, L, S, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+        return args, False, lambda q, k, v, mask: attention_fp64(q, k, v, scale=E ** -0.5)
     if name == "B":
         Hq, L, S, E, Ev = 3, 9, 70, 20, 12
         q, k, v = rand(1, Hq, L, E).to(DTYPE), rand(1, Hq, S, E).to(DTYPE), rand(1, Hq, S, Ev).to(DTYPE)
@@ -63,7 +70,7 @@ def _case(name):
         args = (q, k, v, mask, None, None, None, L, S, 0.25, -1, 0, True, 0.0, 0.0, None)
         return args, False, lambda q, k, v, mask: attention_fp64(q, k, v, mask=mask, causal="bottom_right",
                                                                    scale=0.25)
-    lengths_q, lengths_k = [3, 0, 6], [530, 7, 600]
+    lengths_q, lengths_k = [3, 0, 6], [530, 7, 1100]  # 9 key blocks of 128: the keys are split
     cu_q, cu_k = _cu(lengths_q), _cu(lengths_k)
     Hq, Hk, E, Ev = 3, 1, 20, 12
     tokens = lambda n, H, d: rand(n, H, d).to(DTYPE).transpose(0, 1).unsqueeze(0)  # noqa: E731  (1, H, n, d) view
@@ -78,7 +85,7 @@ def _case(name):
     return args, False, oracle
 
 
-CASES = {"A": ("forward", "backward"), "B": ("forward",), "C": ("forward", "backward")}
+CASES = {"A": ("forward", "backward"), "B": ("forward",), "C": ("forward", "backward"), "D": ("forward", "backward")}
 
 
 def _variants():

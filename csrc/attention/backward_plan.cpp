@@ -41,7 +41,8 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
        {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}},
       {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_q);
-  dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * sizeof(float);
+  const uint64_t element_bytes = prob.dtype == "float32" ? 4 : 2;  // the tiles are staged in the input type
+  dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * element_bytes;
   dq.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dq");
   dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
                                            tensor_argument(MFA_ATTN_DELTA, "delta"), tensor_argument(MFA_ATTN_DQ, "dq"),
@@ -54,7 +55,7 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
       prob, "attention_backward_dkdv",
       {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)}},
       {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_kv);
-  dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims + 3) * sizeof(float);
+  dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims * element_bytes + 3 * sizeof(float));
   dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
   dkdv.arguments.insert(dkdv.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
                                                tensor_argument(MFA_ATTN_DELTA, "delta"),

@@ -1,10 +1,11 @@
-// Why these sizes (facts/metal.md): the K/V tile is staged as float, so block_k x dim x 4 bytes stays at 16 KiB for
-// every row, half of the 32 KiB of threadgroup memory, leaving room for two threadgroups per core. M1/M2 (Apple7/8)
-// favour 4 SIMD-groups of 8 rows sharing each tile, as MLX's fused attention does; on M3 and later (Apple9+)
-// registers are the scarcer resource and loads are cheap, so MFA's M3 tables use 16 query rows and long key blocks
-// for small head dims.
-// The backward stages a K and a V tile (dQ) or a Q and a dO tile (dK/dV) together, again 16 KiB of float, so the tile
-// length halves as E + Ev doubles. Until a Mac measures otherwise, every family shares the backward table.
+// Why these sizes (facts/metal.md): the forward stages its K/V tile in the input type, block_k x dim elements, at most
+// kForwardTileBytes (half of the 32 KiB of threadgroup memory: room for two threadgroups per core). The rows are for
+// 16-bit inputs; float inputs take as many keys as fit. Threadgroup traffic per 8x8x8 product of a 16-bit tile is
+// 128 bytes of tile loads plus 128 / SIMD-groups of staging; each key block costs every row one rescaling exp
+// (tests/test_kernel_targets.py checks both against their targets).
+// The backward stages a K and a V tile (dQ) or a Q and a dO tile (dK/dV) together in the input type, at most 16 KiB
+// (8 KiB for 16-bit inputs), so the tile length halves as E + Ev doubles. Until a Mac measures otherwise, every family
+// shares the backward table.
 #include "attention/block_table.h"
 
 namespace mfa {
@@ -15,8 +16,18 @@ struct Row {
   AttentionBlocks blocks;
 };
 
-constexpr Row kApple7[] = {{64, {32, 64}}, {128, {32, 32}}, {256, {32, 16}}};
-constexpr Row kApple9[] = {{32, {16, 128}}, {64, {16, 64}}, {128, {32, 32}}, {256, {16, 16}}};
+constexpr Row kApple7[] = {
+    {64, {32, 128}},  // 4 SIMD-groups share each staged tile (MLX's fused attention); 128 keys a 16 KiB tile
+    {128, {32, 64}},  // the same 16 KiB tile
+    {256, {32, 32}},  // the same 16 KiB tile
+};
+constexpr Row kApple9[] = {
+    {32, {16, 128}},  // MFA's M3 table: 16 query rows, a long key block
+    {64, {32, 128}},  // as on Apple7: 4 SIMD-groups amortise the staging
+    {128, {32, 64}},  // as on Apple7
+    {256, {16, 32}},  // registers are the scarcer resource on M3 (MFA): 16 query rows
+};
+constexpr uint32_t kForwardTileBytes = 16 * 1024;
 
 template <size_t N>
 AttentionBlocks lookup(const Row (&table)[N], uint32_t dim) {
@@ -40,8 +51,10 @@ AttentionBackwardBlocks attention_backward_blocks(GpuFamily, uint32_t dims) {
   return kBackward[2].blocks;
 }
 
-AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim) {
-  return has_dynamic_caching(family) ? lookup(kApple9, dim) : lookup(kApple7, dim);
+AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim, uint32_t element_bytes) {
+  AttentionBlocks blocks = has_dynamic_caching(family) ? lookup(kApple9, dim) : lookup(kApple7, dim);
+  while (blocks.block_k > 8 && blocks.block_k * dim * element_bytes > kForwardTileBytes) blocks.block_k /= 2;
+  return blocks;
 }
 
 }  // namespace mfa

@@ -12,8 +12,9 @@ struct AttentionBlocks {
   uint32_t block_k;  // keys per K/V tile staged in threadgroup memory
 };
 
-// `dim`: the larger of the padded query/key and value head dims (multiples of 8, at most 256).
-AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim);
+// `dim`: the larger of the padded query/key and value head dims (multiples of 8, at most 256); `element_bytes`: of
+// the inputs (4 or 2), the type the K/V tile is staged in.
+AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim, uint32_t element_bytes);
 
 struct AttentionBackwardBlocks {
   uint32_t dq_block_q;     // dQ kernel: packed query rows per threadgroup (8 per SIMD-group)

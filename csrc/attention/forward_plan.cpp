@@ -15,7 +15,8 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   if (sequences == 0 || prob.kv_heads == 0 || rows == 0) return plan;  // nothing to compute
 
   const int64_t tile_dim = round_up(std::max(prob.head_dim, prob.value_dim), 8);
-  AttentionBlocks blocks = attention_forward_blocks(parse_gpu_family(prob.family), uint32_t(tile_dim));
+  const uint32_t element_bytes = prob.dtype == "float32" ? 4 : 2;
+  AttentionBlocks blocks = attention_forward_blocks(parse_gpu_family(prob.family), uint32_t(tile_dim), element_bytes);
   // Decoding: fewer packed rows (queries x GQA group) than a block gets a smaller threadgroup.
   const int64_t packed_rows = rows * group;
   const int64_t block_q = std::min<int64_t>(blocks.block_q, round_up(packed_rows, 8));
@@ -44,7 +45,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
        {"MFA_SPLIT_KV", split ? "1" : "0"}},
       {uint64_t(query_blocks), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
-  forward.threadgroup_memory = uint64_t(blocks.block_k * tile_dim * sizeof(float));
+  forward.threadgroup_memory = uint64_t(blocks.block_k * tile_dim * element_bytes);  // the K/V tile in the input type
   if (prob.count_tiles) {
     plan.temporaries.push_back({"tile_count", "int32", int64_t(query_blocks * prob.kv_heads * sequences * splits)});
   }

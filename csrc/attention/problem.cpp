@@ -100,6 +100,23 @@ int attention_mask_kind(const AttentionProblem& p) {
   return p.mask == "none" ? MFA_MASK_NONE : p.mask == "bool" ? MFA_MASK_BOOL : MFA_MASK_FLOAT;
 }
 
+// AttentionParams::wide_rows: for q, k, v and the dense dO, whether each row (any batch, head and row index) begins on
+// 16 bytes and its head dim fills whole 16-byte chunks.
+static mfa_u32 attention_wide_rows(const AttentionProblem& p, const AttentionInputStrides& strides) {
+  const int64_t chunk = p.dtype == "float32" ? 4 : 8;  // elements per 16 bytes
+  const int64_t batch = p.num_sequences > 0 ? 1 : p.batch;
+  auto wide = [&](bool aligned, const std::array<int64_t, 4>& s, int64_t heads, int64_t rows, int64_t dim) {
+    const std::array<int64_t, 3> sizes{batch, heads, rows};
+    bool ok = aligned && dim % chunk == 0;
+    for (int i = 0; i < 3; i++) ok = ok && (sizes[i] <= 1 || s[i] % chunk == 0);  // a size-1 dim's stride is unused
+    return mfa_u32(ok);
+  };
+  return wide(p.q_aligned, strides.q, p.q_heads, p.q_len, p.head_dim) |
+         wide(p.k_aligned, strides.k, p.kv_heads, p.kv_len, p.head_dim) << 1 |
+         wide(p.v_aligned, strides.v, p.kv_heads, p.kv_len, p.value_dim) << 2 |
+         mfa_u32(p.grad_out_aligned && p.value_dim % chunk == 0) << 3;
+}
+
 AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, int64_t blocks_per_split) {
   const AttentionExtent extent = attention_extent(prob);
   AttentionParams params{};
@@ -137,6 +154,7 @@ AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, i
   params.num_splits = mfa_u32(splits);
   params.blocks_per_split = mfa_u32(blocks_per_split);
   params.max_seqlen_q = mfa_u32(extent.rows);
+  params.wide_rows = attention_wide_rows(prob, strides);
   return params;
 }
 
@@ -147,7 +165,9 @@ std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const 
       {"MFA_HEAD_DIM", std::to_string(round_up(p.head_dim, 8))},
       {"MFA_VALUE_DIM", std::to_string(round_up(p.value_dim, 8))},
       {"MFA_MASK_KIND", std::to_string(mask_kind)},
-      {"MFA_COUNT_TILES", p.count_tiles ? "1" : "0"}};
+      {"MFA_COUNT_TILES", p.count_tiles ? "1" : "0"},
+      // bfloat tiles become float where the matrix unit computes them, before Apple9
+      {"MFA_BFLOAT_AS_FLOAT", p.dtype == "bfloat16" && !has_bfloat_arithmetic(parse_gpu_family(p.family)) ? "1" : "0"}};
   if (mask_kind != MFA_MASK_NONE) {
     defines.push_back({"MFA_MASK_T", mask_kind == MFA_MASK_BOOL ? "uchar" : attention_metal_type(p.mask, "mask")});
   }

@@ -22,6 +22,10 @@ struct AttentionProblem {
   std::array<int64_t, 4> mask_strides{};  // element strides over (B, Hq, L, S), 0 on broadcast dims
   // Element strides of q, k, v over (B, H, rows, head dim), the last 1 (views are read in place); unset = contiguous.
   std::optional<std::array<int64_t, 4>> q_strides, k_strides, v_strides;
+  // Whether q, k, v begin on a 16-byte boundary (their storage offsets: allocations are aligned). Rows that all begin
+  // on one and hold whole 16-byte chunks are copied 16 bytes per access (AttentionParams::wide_rows).
+  bool q_aligned = false, k_aligned = false, v_aligned = false;
+  bool grad_out_aligned = false;  // the backward's dO (dense (B, Hq, L, Ev))
   bool has_alibi = false;
   int64_t alibi_batch_stride = 0;
   int64_t num_sequences = 0;  // > 0: varlen (batch 1, cu_seqlens with num_sequences + 1 entries)

@@ -67,9 +67,10 @@ def _attention_grid(family):
             yield attention_problem(family, dtype, mask, value_dim=48)
     for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
         yield attention_problem(family, head_dim=dim, value_dim=dim)
-    for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
-        for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)
-            yield attention_problem(family, q_len=q_len, kv_len=kv_len, q_heads=1, kv_heads=1)
+    for dtype in ("float16", "float32"):  # float inputs stage fewer keys per block
+        for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
+            for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)
+                yield attention_problem(family, dtype, q_len=q_len, kv_len=kv_len, q_heads=1, kv_heads=1)
 
 
 def _gemm_grid(family):

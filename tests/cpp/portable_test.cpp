@@ -127,11 +127,12 @@ void test_gpu_family() {
 }
 
 void test_block_tables() {
-  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple7, 64).block_k, 64u);
-  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple8, 72).block_k, 32u);  // the 128 row
-  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple9, 32).block_q, 16u);
-  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple9, 32).block_k, 128u);
-  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple10, 256).block_k, 16u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple7, 64, 2).block_k, 128u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple7, 64, 4).block_k, 64u);  // float: the tile stays 16 KiB
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple8, 72, 2).block_k, 64u);  // the 128 row
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple9, 32, 4).block_q, 16u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple9, 32, 4).block_k, 128u);
+  CHECK_EQ(attention_forward_blocks(GpuFamily::Apple10, 256, 4).block_k, 16u);
   CHECK_EQ(attention_backward_blocks(GpuFamily::Apple9, 129).dq_block_k, 16u);  // the 256 row
   CHECK_EQ(attention_backward_blocks(GpuFamily::Apple7, 512).dkdv_block_q, 8u);
   CHECK_EQ(gemm_blocks(GpuFamily::Apple7, false).block_k, 24u);
@@ -176,27 +177,27 @@ AttentionProblem decoding_problem() {
 }
 
 void test_attention_forward_split_kv() {
-  // 1 query block of 8 rows x 2 KV heads = 2 threadgroups; 64 key blocks: splits = min(ceil(128 / 2), 64 / 4) = 16
-  // of 4 blocks each.
+  // 1 query block of 8 rows x 2 KV heads = 2 threadgroups; 32 key blocks of 128: splits = min(ceil(128 / 2), 32 / 4)
+  // = 8 of 4 blocks each.
   Plan plan = plan_attention_forward(decoding_problem());
   CHECK_EQ(plan.launches.size(), 2u);
   const Launch& f = plan.launches.at(0);
-  CHECK_EQ(f.threadgroups, (Grid{1, 2, 16}));
+  CHECK_EQ(f.threadgroups, (Grid{1, 2, 8}));
   CHECK_EQ(f.threads_per_threadgroup, (Grid{32, 1, 1}));
   CHECK_EQ(define(f, "MFA_BLOCK_Q"), "8");
-  CHECK_EQ(define(f, "MFA_BLOCK_K"), "64");
+  CHECK_EQ(define(f, "MFA_BLOCK_K"), "128");
   CHECK_EQ(define(f, "MFA_SPLIT_KV"), "1");
   CHECK_EQ(define(f, "MFA_MASK_KIND"), std::to_string(MFA_MASK_FLOAT));
   CHECK_EQ(define(f, "MFA_MASK_T"), "float");
   CHECK_EQ(bound_tensor(f, MFA_ATTN_OUT), "partial_out");
   CHECK_EQ(bound_tensor(f, MFA_ATTN_STATS), "partial_stats");
   const AttentionParams params = bound_params<AttentionParams>(f, MFA_ATTN_PARAMS);
-  CHECK_EQ(params.num_splits, 16u);
+  CHECK_EQ(params.num_splits, 8u);
   CHECK_EQ(params.blocks_per_split, 4u);
   CHECK_EQ(params.group, 4u);
   CHECK_EQ(params.mask_strides[2], 4096);
-  CHECK_EQ(temporary_numel(plan, "partial_out"), 8 * 2 * 16 * 48);  // B Hq Lq splits Ev
-  CHECK_EQ(temporary_numel(plan, "partial_stats"), 2 * 8 * 2 * 16);
+  CHECK_EQ(temporary_numel(plan, "partial_out"), 8 * 2 * 8 * 48);  // B Hq Lq splits Ev
+  CHECK_EQ(temporary_numel(plan, "partial_stats"), 2 * 8 * 2 * 8);
   const Launch& combine = plan.launches.at(1);
   CHECK_EQ(combine.kernel, "attention_combine");
   CHECK_EQ(combine.threadgroups, (Grid{2, 8, 1}));  // one per (row, q head, sequence)
@@ -230,14 +231,14 @@ void test_attention_backward_plan() {
   const Launch& dq = plan.launches.at(1);
   CHECK_EQ(dq.threadgroups, (Grid{1, 2, 1}));
   CHECK_EQ(dq.threads_per_threadgroup, (Grid{32, 1, 1}));
-  CHECK_EQ(dq.threadgroup_memory, 32u * 112 * 4);
+  CHECK_EQ(dq.threadgroup_memory, 32u * 112 * 2);  // K and V tiles of half
   CHECK_EQ(define(dq, "MFA_MASK_GRAD"), "1");
   CHECK_EQ(bound_tensor(dq, MFA_ATTN_DMASK), "dmask");
   CHECK_EQ(bound_tensor(dq, MFA_ATTN_TILE_COUNT), "tile_count_dq");
   const Launch& dkdv = plan.launches.at(2);
   CHECK_EQ(dkdv.threadgroups, (Grid{128, 2, 1}));
   CHECK_EQ(dkdv.threads_per_threadgroup, (Grid{128, 1, 1}));
-  CHECK_EQ(dkdv.threadgroup_memory, 32u * (112 + 3) * 4);
+  CHECK_EQ(dkdv.threadgroup_memory, 32u * (112 * 2 + 3 * 4));  // Q and dO of half, softmax stats and D of float
   CHECK_EQ(temporary_numel(plan, "delta"), 16);
   CHECK_EQ(temporary_numel(plan, "tile_count_dq"), 2);
   CHECK_EQ(temporary_numel(plan, "tile_count_dkdv"), 256);
