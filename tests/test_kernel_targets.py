@@ -1,18 +1,21 @@
 """The work targets the Metal kernels are built to (issue "Kernels built for speed"), asserted on the emulator's exact
 counters (emulator.profile()) so that a later change cannot silently move a kernel away from them. Shapes: 16-bit
-inputs, E = Ev = 64 and 128, L = S = 256, heads few enough that the planners do not split the keys, planned for the
-Apple7 and Apple9 tables."""
+inputs (fp16 and bf16), E = Ev = 64 and 128, L = S = 256, heads few enough that the planners do not split the keys,
+planned for the Apple7 and Apple9 tables."""
 import pytest
 import torch
 
+from kernel_routes import with_dtypes
 from mfa_torch.emulator import profile
 from mfa_torch.metal import attention as metal_attention
 
 pytestmark = pytest.mark.emulator
 ROUTE = "emulator"
 B, H, L = 1, 2, 256
+# Each dtype on both tables and at both head dims; MFA_TORCH_FULL_MATRIX=1 runs every combination.
 CASES = [pytest.param(dtype, dim, family, id=f"{str(dtype)[6:]}-D{dim}-{family}")
-         for dtype in (torch.float16, torch.bfloat16) for dim in (64, 128) for family in ("apple7", "apple9")]
+         for (dim, family), dtype in with_dtypes([(64, "apple7"), (128, "apple7"), (128, "apple9"), (64, "apple9")],
+                                                 (torch.float16, torch.bfloat16))]
 
 
 def _inputs(dtype, dim):
