@@ -41,7 +41,7 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
        {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}},
       {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_q);
-  const uint64_t element_bytes = prob.dtype == "float32" ? 4 : 2;  // the tiles are staged in the input type
+  const uint64_t element_bytes = uint64_t(attention_element_bytes(prob));  // the tiles are staged in the input type
   dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * element_bytes;
   dq.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dq");
   dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),

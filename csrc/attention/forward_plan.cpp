@@ -15,7 +15,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   if (sequences == 0 || prob.kv_heads == 0 || rows == 0) return plan;  // nothing to compute
 
   const int64_t tile_dim = round_up(std::max(prob.head_dim, prob.value_dim), 8);
-  const uint32_t element_bytes = prob.dtype == "float32" ? 4 : 2;
+  const uint32_t element_bytes = uint32_t(attention_element_bytes(prob));
   AttentionBlocks blocks = attention_forward_blocks(parse_gpu_family(prob.family), uint32_t(tile_dim), element_bytes);
   // Decoding: fewer packed rows (queries x GQA group) than a block gets a smaller threadgroup.
   const int64_t packed_rows = rows * group;

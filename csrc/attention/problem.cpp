@@ -103,7 +103,7 @@ int attention_mask_kind(const AttentionProblem& p) {
 // AttentionParams::wide_rows: for q, k, v and the dense dO, whether each row (any batch, head and row index) begins on
 // 16 bytes and its head dim fills whole 16-byte chunks.
 static mfa_u32 attention_wide_rows(const AttentionProblem& p, const AttentionInputStrides& strides) {
-  const int64_t chunk = p.dtype == "float32" ? 4 : 8;  // elements per 16 bytes
+  const int64_t chunk = 16 / attention_element_bytes(p);  // elements per 16 bytes
   const int64_t batch = p.num_sequences > 0 ? 1 : p.batch;
   auto wide = [&](bool aligned, const std::array<int64_t, 4>& s, int64_t heads, int64_t rows, int64_t dim) {
     const std::array<int64_t, 3> sizes{batch, heads, rows};

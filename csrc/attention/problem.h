@@ -43,6 +43,9 @@ struct AttentionProblem {
 // Throws std::invalid_argument naming the argument for problems the kernels do not take.
 void validate_attention_problem(const AttentionProblem& problem);
 
+// Bytes of one element of q, k and v (the type the kernels stage their tiles in): 4 for float32, else 2.
+inline int64_t attention_element_bytes(const AttentionProblem& problem) { return problem.dtype == "float32" ? 4 : 2; }
+
 // The Metal type name of a dtype ("float32" -> "float", ...); `what` names the argument in the error.
 std::string attention_metal_type(const std::string& dtype, const char* what);
 
