@@ -33,6 +33,7 @@ struct Launch {
   std::array<uint64_t, 3> threadgroups{};
   std::array<uint64_t, 3> threads_per_threadgroup{};
   uint64_t threadgroup_memory = 0;  // bytes of static threadgroup memory the variant declares (checked by tests)
+  uint32_t registers = 0;  // the planner's estimate of 32-bit registers per thread (the emulator's count); 0: none
   std::vector<Argument> arguments;
 };
 

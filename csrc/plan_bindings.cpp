@@ -47,6 +47,7 @@ void bind_plans(py::module& m) {
       .def_readwrite("threadgroups", &Launch::threadgroups)
       .def_readwrite("threads_per_threadgroup", &Launch::threads_per_threadgroup)
       .def_readwrite("threadgroup_memory", &Launch::threadgroup_memory)
+      .def_readwrite("registers", &Launch::registers)
       .def_readwrite("arguments", &Launch::arguments);
   py::class_<Plan>(m, "Plan")
       .def(py::init<>())
@@ -106,6 +107,10 @@ void bind_plans(py::module& m) {
       .def_readwrite("b_strides", &GemmProblem::b_strides)
       .def_readwrite("has_bias", &GemmProblem::has_bias)
       .def_readwrite("accumulate", &GemmProblem::accumulate)
+      .def_readwrite("a_aligned", &GemmProblem::a_aligned)
+      .def_readwrite("b_aligned", &GemmProblem::b_aligned)
+      .def_readwrite("c_aligned", &GemmProblem::c_aligned)
+      .def_readwrite("bias_aligned", &GemmProblem::bias_aligned)
       .def_readwrite("family", &GemmProblem::family);
   m.def("plan_gemm", &plan_gemm, "The launch plan of one GEMM call.");
 }

@@ -4,12 +4,15 @@
 // Per query block: S^T = K Q^T, P^T from the forward's softmax stats, dV += (P^T * dropout) dO, dP^T = V dO^T,
 // dS^T = P^T * (dP^T - D), dK += dS^T Q (with the softcap chain rule and the scale).
 //
-// Grid: x = key blocks, y = K/V head, z = batch (or sequence). K, V and the dK/dV accumulators stay in registers (one
-// SIMD-group owns 8 keys); Q and dO of the current query block (in the input type, as attention_forward copies K and
-// V), its softmax max and 1 / sum, and D are staged in threadgroup memory.
+// Grid: x = key blocks, y = K/V head, z = batch (or sequence). One SIMD-group owns 8 keys: the dK/dV accumulators stay
+// in registers, and K and V as operand tiles unless the planner streams them from device memory (MFA_STREAM_K,
+// MFA_STREAM_V); Q and dO of the current query block (in the input type, as attention_forward copies K and V), its
+// softmax max and 1 / sum, and D are staged in threadgroup memory.
+// MFA_DKDV_OUTPUTS (attention_params.h): dK and dV together, or, where both accumulators would take too many
+// registers, one of them per launch (the plan's two launches each recompute P; the dV launch needs no dP).
 #include <metal_stdlib>
 using namespace metal;
-#include "attention_operands.h"
+#include "operand_tiles.h"
 #include "attention_params.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
@@ -61,18 +64,22 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   // q, k and v are read through their strides; stats, delta, grad_out, dk and dv are dense, kv_row is this key's
   // index in dk and dv.
   const long kv_row = (long(sq.tensor_batch) * p.kv_heads + kv_head) * p.kv_len + sq.k_first + key;
-  simdgroup_float8x8 k_tiles[MFA_HEAD_DIM / 8], v_tiles[MFA_VALUE_DIM / 8];
-  simdgroup_float8x8 dk_tiles[MFA_HEAD_DIM / 8], dv_tiles[MFA_VALUE_DIM / 8];
-  mfa_load_row_tiles<MFA_HEAD_DIM>(
-      k_tiles, k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid,
-      p.head_dim, lane, p.wide_rows & 2u);
-  mfa_load_row_tiles<MFA_VALUE_DIM>(
-      v_tiles, v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid,
-      p.value_dim, lane, p.wide_rows & 4u);
+  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_K> k_row_tiles(
+      k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid, p.head_dim, lane,
+      p.wide_rows & 2u);
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DK
+  const mfa_row_operand<MFA_VALUE_DIM, MFA_STREAM_V> v_row_tiles(
+      v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first + key), key_valid, p.value_dim, lane,
+      p.wide_rows & 4u);
+  simdgroup_float8x8 dk_tiles[MFA_HEAD_DIM / 8];
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dk_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+#endif
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DV
+  simdgroup_float8x8 dv_tiles[MFA_VALUE_DIM / 8];
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) dv_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+#endif
 
   for (uint g = 0; g < G; g++) {
     const uint head = kv_head * G + g;
@@ -94,22 +101,24 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
       threadgroup_barrier(mem_flags::mem_threadgroup);
       for (uint c = 0; c < MFA_BLOCK_Q / 8; c++) {
         simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-        simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
           mfa_operand_tile q_t;
           // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-          mfa_load_operand(q_t, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, true);
-          simdgroup_multiply_accumulate(s_tile, k_tiles[d], q_t, s_tile);
+          mfa_load_operand(q_t, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, true, lane);
+          simdgroup_multiply_accumulate(s_tile, k_row_tiles.tile(d), q_t, s_tile);
         }
+        thread float2& s = s_tile.thread_elements();
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DK
+        simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
           mfa_operand_tile do_t;
-          mfa_load_operand(do_t, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true);
-          simdgroup_multiply_accumulate(dp_tile, v_tiles[d], do_t, dp_tile);
+          mfa_load_operand(do_t, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true, lane);
+          simdgroup_multiply_accumulate(dp_tile, v_row_tiles.tile(d), do_t, dp_tile);
         }
-        thread float2& s = s_tile.thread_elements();
         thread float2& dp = dp_tile.thread_elements();
+#endif
         for (uint t = 0; t < 2; t++) {
           const uint local = c * 8 + tile_col + t;
           const int query = query0 + int(local);
@@ -119,22 +128,28 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
           const float score = valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
           const float prob = attention_probability(score, allowed, softmax_tile[local]);
           const float keep = attention_dropout_factor(p, row, key);
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DK
           const float ds = prob * (dp[t] * keep - delta_tile[local]);
           dp[t] = attention_dot_gradient(ds, s[t], p);
+#endif
           s[t] = prob * keep;
         }
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DV
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
           mfa_operand_tile do_rows;
-          mfa_load_operand(do_rows, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, false);
+          mfa_load_operand(do_rows, do_tile + c * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, false, lane);
           simdgroup_multiply_accumulate(dv_tiles[d], s_tile, do_rows, dv_tiles[d]);
         }
+#endif
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DK
         #pragma clang loop unroll(full)
         for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
           mfa_operand_tile q_rows;
-          mfa_load_operand(q_rows, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false);
+          mfa_load_operand(q_rows, q_tile + c * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false, lane);
           simdgroup_multiply_accumulate(dk_tiles[d], dp_tile, q_rows, dk_tiles[d]);
         }
+#endif
       }
     }
   }
@@ -145,8 +160,12 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
 #endif
   if (key_valid) {
     // dk and dv are dense: with even dims every row begins on two elements
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DK
     mfa_store_row_tiles<MFA_HEAD_DIM>(dk + kv_row * p.head_dim, dk_tiles, 1.0f, p.head_dim, lane, (p.head_dim & 1u) == 0);
+#endif
+#if MFA_DKDV_OUTPUTS & MFA_DKDV_DV
     mfa_store_row_tiles<MFA_VALUE_DIM>(dv + kv_row * p.value_dim, dv_tiles, 1.0f, p.value_dim, lane,
                                        (p.value_dim & 1u) == 0);
+#endif
   }
 }

@@ -4,11 +4,13 @@
 // full, so each element of dmask belongs to exactly one (row, key).
 //
 // Grid and row packing as attention_forward: x = blocks of MFA_BLOCK_Q packed query rows (the query heads of one
-// GQA group share the K/V tiles), y = K/V head, z = batch (or sequence). Q, dO and the dQ accumulator stay in
-// registers; K and V tiles are copied together into threadgroup memory in the input type (as attention_forward).
+// GQA group share the K/V tiles), y = K/V head, z = batch (or sequence). The dQ accumulator stays in registers, and
+// Q and dO as operand tiles unless the planner streams them from device memory (MFA_STREAM_Q, MFA_STREAM_DO: where
+// holding them would take too many registers); K and V tiles are copied together into threadgroup memory in the
+// input type (as attention_forward).
 #include <metal_stdlib>
 using namespace metal;
-#include "attention_operands.h"
+#include "operand_tiles.h"
 #include "attention_params.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
@@ -64,12 +66,12 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const float2 row_softmax = attention_row_softmax(row_valid ? stats[q_row] : float2(0.0f));
   const float row_delta = row_valid ? delta[q_row] : 0.0f;
 
-  simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], do_tiles[MFA_VALUE_DIM / 8], dq_tiles[MFA_HEAD_DIM / 8];
-  mfa_load_row_tiles<MFA_HEAD_DIM>(
-      q_tiles, q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid,
-      p.head_dim, lane, p.wide_rows & 1u);
-  mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane,
-                                    p.wide_rows & 8u);
+  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
+      q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid, p.head_dim,
+      lane, p.wide_rows & 1u);
+  const mfa_row_operand<MFA_VALUE_DIM, MFA_STREAM_DO> do_row_tiles(grad_out + q_row * p.value_dim, row_valid,
+                                                                   p.value_dim, lane, p.wide_rows & 8u);
+  simdgroup_float8x8 dq_tiles[MFA_HEAD_DIM / 8];
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
@@ -90,14 +92,14 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
         mfa_operand_tile k_t;
         // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-        mfa_load_operand(k_t, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, true);
-        simdgroup_multiply_accumulate(s_tile, q_tiles[d], k_t, s_tile);
+        mfa_load_operand(k_t, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, true, lane);
+        simdgroup_multiply_accumulate(s_tile, q_row_tiles.tile(d), k_t, s_tile);
       }
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
         mfa_operand_tile v_t;
-        mfa_load_operand(v_t, v_tile + j * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true);
-        simdgroup_multiply_accumulate(dp_tile, do_tiles[d], v_t, dp_tile);
+        mfa_load_operand(v_t, v_tile + j * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true, lane);
+        simdgroup_multiply_accumulate(dp_tile, do_row_tiles.tile(d), v_t, dp_tile);
       }
       thread float2& s = s_tile.thread_elements();
       thread float2& dp = dp_tile.thread_elements();
@@ -118,7 +120,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
         mfa_operand_tile k_rows;
-        mfa_load_operand(k_rows, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false);
+        mfa_load_operand(k_rows, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false, lane);
         simdgroup_multiply_accumulate(dq_tiles[d], s_tile, k_rows, dq_tiles[d]);
       }
     }

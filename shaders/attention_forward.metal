@@ -3,17 +3,20 @@
 // Grid: x = blocks of MFA_BLOCK_Q packed query rows, y = K/V head, z = batch (or sequence) * key splits.
 // The query heads of one GQA group are packed into the rows of a threadgroup (row r -> query r / group,
 // head kv_head * group + r % group), so each K/V tile is loaded once for the whole group and short queries
-// (decoding) still fill the SIMD-groups. One SIMD-group owns 8 packed rows; Q and the output accumulator
-// stay in registers as 8x8 float tiles, K and V tiles are copied into threadgroup memory as they are (16 bytes per
-// access where their rows allow) and taken by the matrix unit in the input type (float for bfloat before Apple9).
+// (decoding) still fill the SIMD-groups. One SIMD-group owns 8 packed rows; the output accumulator stays in registers
+// as 8x8 float tiles and Q as operand tiles (or, MFA_STREAM_Q, is read from device memory at each key block where
+// that would take too many registers); K and V tiles are copied into threadgroup memory as they are (16 bytes per
+// access where their rows allow); operands are taken by the matrix unit in the input type (float for bfloat before
+// Apple9).
 // Key blocks outside the causal/window band of the threadgroup's rows are never loaded.
 //
 // Defines (chosen by csrc/attention/forward_plan.cpp): MFA_T (input type), MFA_HEAD_DIM / MFA_VALUE_DIM (E, Ev
 // rounded up to 8), MFA_BLOCK_Q (8 * SIMD-groups), MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
-// (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT.
+// (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT,
+// MFA_STREAM_Q.
 #include <metal_stdlib>
 using namespace metal;
-#include "attention_operands.h"
+#include "operand_tiles.h"
 #include "attention_params.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
@@ -77,10 +80,10 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   device const MFA_T* const k_rows = k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first);
   device const MFA_T* const v_rows = v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first);
 
-  simdgroup_float8x8 q_tiles[MFA_HEAD_DIM / 8], o_tiles[MFA_VALUE_DIM / 8];
-  mfa_load_row_tiles<MFA_HEAD_DIM>(
-      q_tiles, q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid,
-      p.head_dim, lane, wide_q);
+  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
+      q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid, p.head_dim,
+      lane, wide_q);
+  simdgroup_float8x8 o_tiles[MFA_VALUE_DIM / 8];
   #pragma clang loop unroll(full)
   for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
@@ -98,18 +101,23 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
     simdgroup_float8x8 s_tiles[MFA_BLOCK_K / 8];
+    #pragma clang loop unroll(full)
+    for (uint j = 0; j < MFA_BLOCK_K / 8; j++) s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    #pragma clang loop unroll(full)
+    for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {  // head dim outer: a streamed Q tile is loaded once per block
+      const thread mfa_operand_tile& q_t = q_row_tiles.tile(d);  // a reference: a held tile is not copied
+      #pragma clang loop unroll(full)
+      for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
+        mfa_operand_tile k_t;
+        // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
+        mfa_load_operand(k_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, true, lane);
+        simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
+      }
+    }
     float block_max = MFA_MASKED_SCORE;
     uint allowed_keys = 0;  // bit 2 j + t: this lane's key j * 8 + tile_col + t may be attended
     #pragma clang loop unroll(full)
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
-      s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-      #pragma clang loop unroll(full)
-      for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
-        mfa_operand_tile k_t;
-        // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-        mfa_load_operand(k_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, true);
-        simdgroup_multiply_accumulate(s_tiles[j], q_tiles[d], k_t, s_tiles[j]);
-      }
       thread float2& s = s_tiles[j].thread_elements();
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
@@ -149,7 +157,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       #pragma clang loop unroll(full)
       for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
         mfa_operand_tile v_t;
-        mfa_load_operand(v_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, false);
+        mfa_load_operand(v_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, false, lane);
         simdgroup_multiply_accumulate(o_tiles[d], s_tiles[j], v_t, o_tiles[d]);
       }
     }

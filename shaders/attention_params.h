@@ -36,6 +36,10 @@
 #define MFA_MASK_BOOL 1
 #define MFA_MASK_FLOAT 2
 
+// What a dK/dV launch computes (define MFA_DKDV_OUTPUTS, a bit set): dV, dK or both.
+#define MFA_DKDV_DV 1
+#define MFA_DKDV_DK 2
+
 // The largest head dims the kernels take (E and Ev independently).
 #define MFA_ATTN_MAX_HEAD_DIM 256
 

@@ -154,8 +154,8 @@ def test_gradients_read_transposes_in_place(launches):
     assert not grad_b["a"].is_contiguous()
 
 
-def split_k(m, n, k, dtype, family="apple9"):
-    """Whether the planner splits K for this output (the tests below need it to)."""
+def stream_k(m, n, k, dtype, family="apple9"):
+    """Whether the planner spreads this output's tiles over workers that share some (the tests below need it to)."""
     p = _C.GemmProblem()
     p.dtype, p.family, p.batch, p.m, p.n, p.k = str(dtype).removeprefix("torch."), family, 1, m, n, k
     p.a_strides, p.b_strides = [m * k, k, 1], [k * n, n, 1]
@@ -163,9 +163,9 @@ def split_k(m, n, k, dtype, family="apple9"):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-def test_split_k_with_bias_and_gradients(route, dtype, launches):
-    """A skinny output with a long K takes split-K (float partials + the deterministic reduction)."""
-    assert split_k(5, 3, 777, dtype, executors.gpu_family(route))
+def test_stream_k_with_bias_and_gradients(route, dtype, launches):
+    """A skinny output with a long K is spread over Stream-K workers (float partials + the ordered reduction)."""
+    assert stream_k(5, 3, 777, dtype, executors.gpu_family(route))
     check_linear(route, (5, 777), (3, 777), dtype, seed=4)
     assert kernels(launches)[:2] == ["gemm", "gemm_reduce"]
 
@@ -177,12 +177,44 @@ def direct(route, inputs, dtype, ours, oracle, torch_fn):
                          dtype, grads=False)
 
 
-def test_split_k_is_deterministic(route):
+def test_stream_k_is_deterministic(route):
     device = DEVICE[route]
     a, b = torch.randn(1, 6, 1500, device=device), torch.randn(1, 1500, 4, device=device)
-    assert split_k(6, 4, 1500, torch.float32, "apple7")
+    assert stream_k(6, 4, 1500, torch.float32, "apple7")
     first = metal_gemm.gemm(route, a, b, None, family="apple7")
     assert torch.equal(first, metal_gemm.gemm(route, a, b, None, family="apple7"))
+
+
+LAYOUTS = {  # (a, b) of a (2, 148, 104) x (104, 136) product: interior tiles, an edge in every dimension
+    "rows": lambda a, b: (a, b),
+    "transposed": lambda a, b: (a.transpose(1, 2).contiguous().transpose(1, 2), b.transpose(1, 2).contiguous().transpose(1, 2)),
+    "linear": lambda a, b: (a, b.transpose(1, 2).contiguous().transpose(1, 2)),  # x @ weight^T
+    "offset": lambda a, b: (torch.cat([a.flatten(), a.new_zeros(1)])[1:].view_as(a), b),  # a one element off
+}
+# What each layout must take (A, B): staged 16 bytes along rows (1) or 4 elements down columns (2) or by element
+# (0); read from device memory where the family's table says so and the rows allow.
+COPY_MODES = {"rows": (1, 1), "transposed": (2, 2), "linear": (1, 2), "offset": (0, 1)}
+
+
+@pytest.mark.parametrize("family", ["apple7", "apple9"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_interior_tiles_on_every_path(route, layout, dtype, family, launches):
+    """Whole 64 x 64 tiles and whole K blocks (the check-free interior steps) next to edge tiles and a partial K
+    block, for operands staged by rows, by columns and by element, and read straight from device memory."""
+    inputs = make_inputs({"a": (2, 148, 104), "b": (1, 104, 136)}, dtype, seed=8)
+    operands = lambda t: LAYOUTS[layout](t["a"], t["b"])
+    direct(route, inputs, dtype, lambda t: metal_gemm.gemm(route, *operands(t), None, family=family),
+           lambda t: matmul_fp64(*operands(t)), lambda t: torch.matmul(*operands(t)))
+    (plan, _), = launches
+    gemm = plan.launches[0]
+    (params,) = [a.bytes for a in gemm.arguments if not a.tensor]
+    copy_modes = int.from_bytes(params[100:104], "little")  # GemmParams::copy_modes (test_gemm_plan.PARAMS)
+    assert (copy_modes & 3, copy_modes >> 2) == COPY_MODES[layout]
+    d = dict(gemm.defines)
+    from_device = (family == "apple9" or dtype == torch.float32, family == "apple9")
+    assert (d["MFA_A_FROM_DEVICE"], d["MFA_B_FROM_DEVICE"]) == \
+        tuple(str(int(f and layout in ok)) for f, ok in zip(from_device, (("rows", "linear"), ("rows", "offset"))))
 
 
 FAMILY_CASES = [("apple7", torch.float32), ("apple8", torch.float16), ("apple7", torch.bfloat16),
@@ -191,7 +223,7 @@ FAMILY_CASES = [("apple7", torch.float32), ("apple8", torch.float16), ("apple7",
 
 @pytest.mark.parametrize("family, dtype", FAMILY_CASES, ids=lambda x: str(x).removeprefix("torch."))
 def test_every_block_table(route, family, dtype):
-    """Each family's blocks (M1/M2: 48 x 48 x 24 or 32, M3+: 32 x 32 x 32) with edge tiles in every dimension, a
+    """Each family's table (64 x 64 x 32; operands staged or read from device) with edge tiles in every dimension, a
     broadcast batch and a bias."""
     inputs = make_inputs({"a": (3, 53, 71), "b": (1, 71, 50), "bias": (50,)}, dtype, seed=5)
     direct(route, inputs, dtype, lambda t: metal_gemm.gemm(route, t["a"], t["b"], t["bias"], family=family),
@@ -199,17 +231,17 @@ def test_every_block_table(route, family, dtype):
 
 
 @pytest.mark.parametrize("family", ["apple7", "apple9"])
-def test_split_k_in_every_block_table(route, family):
-    assert split_k(9, 10, 1200, torch.float32, family)
+def test_stream_k_in_every_block_table(route, family):
+    assert stream_k(9, 10, 1200, torch.float32, family)
     inputs = make_inputs({"a": (1, 9, 1200), "b": (1, 1200, 10)}, torch.float32, seed=6)
     direct(route, inputs, torch.float32, lambda t: metal_gemm.gemm(route, t["a"], t["b"], None, family=family),
            lambda t: matmul_fp64(t["a"], t["b"]), lambda t: torch.matmul(t["a"], t["b"]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("k", [19, 900], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("k", [19, 900], ids=["one-pass", "stream-k"])
 def test_accumulate_into_c(route, k, dtype):
-    assert split_k(11, 9, k, dtype) == (k == 900)
+    assert stream_k(11, 9, k, dtype) == (k == 900)
     inputs = make_inputs({"a": (2, 11, k), "b": (2, k, 9), "c": (2, 11, 9), "bias": (9,)}, dtype, seed=7)
     direct(route, inputs, dtype,
            lambda t: metal_gemm.gemm(route, t["a"], t["b"], t["bias"], c=t["c"].detach().clone(), family="apple9"),
@@ -221,14 +253,20 @@ def test_accumulate_into_c(route, k, dtype):
 @pytest.mark.parametrize("checks", ["bounds", "races"])
 def test_checked_modes(checks):
     """No out-of-bounds access (exact-size buffers) and no race between threads: a one-pass problem whose a has two
-    strides above 1, and a split-K problem with a transposed a; broadcast b, bias and edge tiles in both."""
+    strides above 1, a Stream-K problem with a transposed a (broadcast b, bias and edge tiles in both), and interior
+    tiles read from device memory (M3) and staged in 16 bits (M1)."""
     strided = torch.randn(40, 3, 5)[:, :, 1:4:2].permute(2, 1, 0)  # (2, 3, 40)
     transposed = torch.randn(2, 900, 3).transpose(1, 2)  # (2, 3, 900)
-    assert split_k(3, 7, 900, torch.float32)
+    assert stream_k(3, 7, 900, torch.float32)
     for a in (strided, transposed):
         b, bias = torch.randn(1, a.shape[2], 7), torch.randn(7)
         out = metal_gemm.gemm("emulator", a, b, bias, family="apple9", checks=checks)
         assert max_err(out, matmul_fp64(a, b) + bias.double()) < 1e-4
+    a, b, bias = torch.randn(1, 130, 70), torch.randn(1, 70, 136), torch.randn(136)
+    for family, dtype in (("apple9", torch.float32), ("apple7", torch.float16)):
+        out = metal_gemm.gemm("emulator", a.to(dtype), b.to(dtype), bias.to(dtype), family=family, checks=checks)
+        assert_rule("out", out, torch.matmul(a.to(dtype), b.to(dtype)) + bias.to(dtype),
+                    matmul_fp64(a.to(dtype), b.to(dtype)) + bias.to(dtype).double(), dtype)
 
 
 def test_empty_and_zero_depth_problems(route, launches):

@@ -1,13 +1,15 @@
 """The work targets the Metal kernels are built to (issue "Kernels built for speed"), asserted on the emulator's exact
-counters (emulator.profile()) so that a later change cannot silently move a kernel away from them. Shapes: 16-bit
+counters (emulator.profile()) so that a later change cannot silently move a kernel away from them. Attention: 16-bit
 inputs (fp16 and bf16), E = Ev = 64 and 128, L = S = 256, heads few enough that the planners do not split the keys,
-planned for the Apple7 and Apple9 tables."""
+planned for the Apple7 and Apple9 tables. GEMM: below."""
 import pytest
 import torch
 
 from kernel_routes import with_dtypes
 from mfa_torch.emulator import profile
 from mfa_torch.metal import attention as metal_attention
+from mfa_torch.metal import executors
+from mfa_torch.metal import gemm as metal_gemm
 
 pytestmark = pytest.mark.emulator
 ROUTE = "emulator"
@@ -52,3 +54,47 @@ def test_backward_work_targets(dtype, dim, family):
     assert total["threadgroup_bytes"] <= 200 * total["mma"]
     assert total["device_bytes"] >= 8 * total["device_accesses"]
     assert total["transcendentals"] <= 2.1 * B * H * L * L  # P recomputed once per kernel
+
+
+# GEMM: fp16 and fp32 at 1024^3 and 4096 x 4096 x 1024 on both tables. Their plans give a worker to every tile and
+# every tile is whole (sizes multiples of the blocks), so every worker runs the same steps: the counters of the first
+# SAMPLE workers of the real plan are SAMPLE / workers of the launch's (checked: two workers count exactly twice
+# one), and a whole launch of this size would take minutes as a profile build.
+GEMM_CASES = [pytest.param(dtype, family, shape, id=f"{str(dtype)[6:]}-{family}-{'x'.join(map(str, shape))}")
+              for family in ("apple7", "apple9") for dtype in (torch.float16, torch.float32)
+              for shape in ((1024, 1024, 1024), (4096, 4096, 1024))]
+SIMDGROUPS = 4  # per GEMM threadgroup
+ACCUMULATORS = {"apple7": 9, "apple9": 16}  # 8x8 tiles of C per SIMD-group: MFA's 24 x 24 on M1, 32 x 32 on M3
+THREADGROUP_BYTES_PER_MMA = {"apple7": 128, "apple9": 32}  # M3: interior blocks straight from device memory
+_RUN = executors.run
+
+
+def _gemm_workers(monkeypatch, dtype, family, shape, workers):
+    """The profile of the first `workers` threadgroups of the GEMM plan for `shape`."""
+    m, n, k = shape
+    a, b = torch.zeros(1, m, k, dtype=dtype), torch.zeros(1, k, n, dtype=dtype)
+
+    def first_workers(route, plan, tensors, checks=None, family=None):
+        (launch,) = plan.launches  # no Stream-K reduction: a worker per tile
+        assert tuple(launch.threadgroups) == ((m // 64) * (n // 64), 1, 1)
+        launch.threadgroups = [workers, 1, 1]
+        plan.launches = [launch]
+        return _RUN(route, plan, tensors, checks, family)
+
+    monkeypatch.setattr(executors, "run", first_workers)
+    with profile() as prof:
+        metal_gemm.gemm(ROUTE, a, b, None, family=family)
+    (launch,) = prof.launches
+    return launch
+
+
+@pytest.mark.parametrize("dtype, family, shape", GEMM_CASES)
+def test_gemm_work_targets(monkeypatch, dtype, family, shape):
+    one, two = (_gemm_workers(monkeypatch, dtype, family, shape, w) for w in (1, 2))
+    for key in ("mma", "threadgroup_bytes", "device_bytes", "device_accesses", "barriers", "conversions"):
+        assert two[key] == 2 * one[key], key  # every worker does the same work
+    k = shape[2]
+    assert two["mma"] / (2 * SIMDGROUPS * (k // 8)) >= ACCUMULATORS[family]  # each MMA step updates every accumulator
+    assert two["threadgroup_bytes"] <= THREADGROUP_BYTES_PER_MMA[family] * two["mma"]
+    assert two["device_bytes"] >= 8 * two["device_accesses"]  # vector loads and stores, not scalar
+    assert not two["spills"]

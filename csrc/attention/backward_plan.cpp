@@ -2,11 +2,30 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "attention/block_table.h"
 #include "gpu_family.h"
 
 namespace mfa {
+namespace {
+
+// Which of a kernel's two operands (Q and dO, or K and V) are streamed from device memory instead of held.
+using Streamed = std::pair<bool, bool>;
+
+// The first choice whose estimate is within the register limit, holding as much as possible: neither streamed, then
+// the operand of the larger head dim, then both (the last even when it does not fit).
+template <typename Registers>
+Streamed first_within_limit(const AttentionTileShape& shape, Registers registers) {
+  const bool first_larger = shape.head_dim >= shape.value_dim;
+  for (Streamed s : {Streamed{false, false}, Streamed{first_larger, !first_larger}}) {
+    if (registers(s) <= kRegisterLimit) return s;
+  }
+  return {true, true};
+}
+
+}  // namespace
 
 Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
   validate_attention_problem(prob);
@@ -36,11 +55,17 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
 
   // dQ: packed GQA rows as in the forward; a short query block shrinks the threadgroup.
   const int64_t block_q = std::min<int64_t>(blocks.dq_block_q, round_up(rows * group, 8));
+  // Operands stay in registers while they fit under the limit: the larger one is streamed first.
+  const AttentionTileShape shape = attention_tile_shape(prob, 0);
+  const Streamed dq_streamed = first_within_limit(
+      shape, [&](Streamed s) { return dq_registers(shape, s.first, s.second); });
   Launch dq = attention_kernel_launch(
       prob, "attention_backward_dq",
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
-       {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}},
+       {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}, {"MFA_STREAM_Q", dq_streamed.first ? "1" : "0"},
+       {"MFA_STREAM_DO", dq_streamed.second ? "1" : "0"}},
       {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_q);
+  dq.registers = dq_registers(shape, dq_streamed.first, dq_streamed.second);
   const uint64_t element_bytes = uint64_t(attention_element_bytes(prob));  // the tiles are staged in the input type
   dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * element_bytes;
   dq.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dq");
@@ -51,18 +76,32 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
 
   // dK/dV: a short key range shrinks the threadgroup too (8 keys per SIMD-group).
   const int64_t block_kv = std::min<int64_t>(blocks.dkdv_block_kv, std::max<int64_t>(16, round_up(keys, 8)));
-  Launch dkdv = attention_kernel_launch(
-      prob, "attention_backward_dkdv",
-      {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)}},
-      {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_kv);
-  dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims * element_bytes + 3 * sizeof(float));
-  dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
-  dkdv.arguments.insert(dkdv.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
-                                               tensor_argument(MFA_ATTN_DELTA, "delta"),
-                                               tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv")});
-  plan.launches.push_back(dkdv);
+  // dK and dV in one launch where their accumulators and operands fit under the limit, else one launch each.
+  auto dkdv_streamed = [&](uint32_t outputs) {
+    return first_within_limit(shape, [&](Streamed s) { return dkdv_registers(shape, outputs, s.first, s.second); });
+  };
+  const uint32_t both = MFA_DKDV_DK | MFA_DKDV_DV;
+  const Streamed together = dkdv_streamed(both);
+  const bool one_launch = dkdv_registers(shape, both, together.first, together.second) <= kRegisterLimit;
+  for (uint32_t outputs : one_launch ? std::vector<uint32_t>{both} : std::vector<uint32_t>{MFA_DKDV_DV, MFA_DKDV_DK}) {
+    const Streamed streamed = dkdv_streamed(outputs);
+    Launch dkdv = attention_kernel_launch(
+        prob, "attention_backward_dkdv",
+        {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)},
+         {"MFA_DKDV_OUTPUTS", std::to_string(outputs)}, {"MFA_STREAM_K", streamed.first ? "1" : "0"},
+         {"MFA_STREAM_V", streamed.second ? "1" : "0"}},
+        {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_kv);
+    dkdv.registers = dkdv_registers(shape, outputs, streamed.first, streamed.second);
+    dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims * element_bytes + 3 * sizeof(float));
+    dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
+    dkdv.arguments.insert(dkdv.arguments.end(),
+                          {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_DELTA, "delta"),
+                           tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv")});
+    plan.launches.push_back(dkdv);
+  }
 
   if (prob.count_tiles) {
+    const Launch& dkdv = plan.launches.back();  // every dK/dV launch has the same grid
     plan.temporaries.push_back({"tile_count_dq", "int32", int64_t(dq.threadgroups[0] * dq.threadgroups[1] *
                                                                   dq.threadgroups[2])});
     plan.temporaries.push_back({"tile_count_dkdv", "int32", int64_t(dkdv.threadgroups[0] * dkdv.threadgroups[1] *

@@ -40,11 +40,15 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
     plan.temporaries.push_back({"partial_out", "float32", partial_rows * prob.value_dim});
     plan.temporaries.push_back({"partial_stats", "float32", 2 * partial_rows});
   }
+  // Q stays in registers unless that passes the register limit (large head dims, float tiles).
+  const AttentionTileShape shape = attention_tile_shape(prob, blocks.block_k);
+  const bool stream_q = forward_registers(shape, false) > kRegisterLimit;
   Launch forward = attention_kernel_launch(
       prob, "attention_forward",
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
-       {"MFA_SPLIT_KV", split ? "1" : "0"}},
+       {"MFA_SPLIT_KV", split ? "1" : "0"}, {"MFA_STREAM_Q", stream_q ? "1" : "0"}},
       {uint64_t(query_blocks), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
+  forward.registers = forward_registers(shape, stream_q);
   forward.threadgroup_memory = uint64_t(blocks.block_k * tile_dim * element_bytes);  // the K/V tile in the input type
   if (prob.count_tiles) {
     plan.temporaries.push_back({"tile_count", "int32", int64_t(query_blocks * prob.kv_heads * sequences * splits)});

@@ -158,6 +158,18 @@ AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, i
   return params;
 }
 
+AttentionTileShape attention_tile_shape(const AttentionProblem& p, uint32_t block_k) {
+  const bool widened = p.dtype == "bfloat16" && !has_bfloat_arithmetic(parse_gpu_family(p.family));
+  AttentionTileShape shape;
+  shape.head_dim = uint32_t(round_up(p.head_dim, 8));
+  shape.value_dim = uint32_t(round_up(p.value_dim, 8));
+  shape.operand_registers = p.dtype == "float32" || widened ? 2 : 1;
+  shape.held_registers = p.dtype == "float32" ? 2 : 1;
+  shape.widened_bfloat = widened;
+  shape.block_k = block_k;
+  return shape;
+}
+
 std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const AttentionProblem& p) {
   const int mask_kind = attention_mask_kind(p);
   std::vector<std::pair<std::string, std::string>> defines = {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attention_params.h"
+#include "attention/registers.h"
 #include "launch_plan.h"
 
 namespace mfa {
@@ -45,6 +46,9 @@ void validate_attention_problem(const AttentionProblem& problem);
 
 // Bytes of one element of q, k and v (the type the kernels stage their tiles in): 4 for float32, else 2.
 inline int64_t attention_element_bytes(const AttentionProblem& problem) { return problem.dtype == "float32" ? 4 : 2; }
+
+// The tile shapes the register estimates of csrc/attention/registers.h take, for a forward key block of `block_k`.
+AttentionTileShape attention_tile_shape(const AttentionProblem& problem, uint32_t block_k);
 
 // The Metal type name of a dtype ("float32" -> "float", ...); `what` names the argument in the error.
 std::string attention_metal_type(const std::string& dtype, const char* what);

@@ -1,4 +1,4 @@
-// Planning of the GEMM: validation, variant choice, grid, split-K and temporaries, as plain data (no Metal types, no
+// Planning of the GEMM: validation, variant choice, the Stream-K schedule and temporaries, as plain data (no Metal types, no
 // torch dispatch). mfa_torch/metal/gemm.py fills the problem from the op's tensors.
 #pragma once
 
@@ -18,6 +18,9 @@ struct GemmProblem {
   std::array<int64_t, 3> b_strides{};  // element strides of b over (batch, k, n)
   bool has_bias = false;
   bool accumulate = false;  // add the existing contents of c
+  // Whether a, b, c and bias begin on 16 bytes (their storage offsets: allocations are aligned); with the strides
+  // they decide which accesses may be 4-element vectors.
+  bool a_aligned = false, b_aligned = false, c_aligned = false, bias_aligned = false;
   std::string family = "apple9";
 };
 

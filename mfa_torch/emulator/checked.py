@@ -5,7 +5,8 @@ allocation of exactly its size, so any device access outside a tensor's bytes is
 checks="races": built with ThreadSanitizer, whose fiber API sees each GPU thread as its own thread:
 two threads of a threadgroup touching the same memory (one writing) with no barrier between them are
 reported with both source lines.
-Buffers travel through a temporary file and are copied back into the tensors after a clean launch.
+Buffers travel through a temporary file and are copied back into the tensors after a clean launch, each one that
+the launch changed (a tensor bound at two indices, one of them only read, keeps what the writes gave it).
 """
 import ctypes
 import os
@@ -120,12 +121,12 @@ class CheckedLibrary(LibraryBase):
                      "size " + " ".join(map(str, request.threadgroup_size)), f"strict {int(request.strict)}",
                      f"threads {request.os_threads}"]
             lines += [f"tgmem {i} {n}" for i, n in request.threadgroup_memory.items()]
-            offsets, offset = {}, 0
+            offsets, payloads, offset = {}, {}, 0
             with open(data_path, "wb") as data:
                 for index, buffer in request.buffers.items():
                     payload = ctypes.string_at(buffer.tensor.data_ptr(), buffer.nbytes) if buffer.tensor is not None else buffer.data
                     data.write(payload)
-                    offsets[index] = offset
+                    offsets[index], payloads[index] = offset, payload
                     lines.append(f"buffer {index} {offset} {len(payload)}")
                     offset += len(payload)
             spec_path.write_text("\n".join(lines) + "\n")
@@ -135,8 +136,9 @@ class CheckedLibrary(LibraryBase):
             if result.returncode == 0:
                 raw = data_path.read_bytes()
                 for index, buffer in request.buffers.items():
-                    if buffer.tensor is not None and buffer.nbytes:
-                        ctypes.memmove(buffer.tensor.data_ptr(), raw[offsets[index]:offsets[index] + buffer.nbytes], buffer.nbytes)
+                    after = raw[offsets[index]:offsets[index] + buffer.nbytes]
+                    if buffer.tensor is not None and after != payloads[index]:
+                        ctypes.memmove(buffer.tensor.data_ptr(), after, buffer.nbytes)
                 return
         raise KernelError(self._explain(result, kernel))
 

@@ -32,7 +32,6 @@ def gemm(route, a, b, bias, *, c=None, family=None, checks=None):
     problem.has_bias = bias is not None
     problem.accumulate = c is not None
     problem.family = family or executors.gpu_family(route)
-    plan = _C.plan_gemm(problem)
     if c is None:
         c = a.new_empty(problem.batch, problem.m, problem.n)
     elif not c.is_contiguous() or c.shape != (problem.batch, problem.m, problem.n):
@@ -41,5 +40,9 @@ def gemm(route, a, b, bias, *, c=None, family=None, checks=None):
     tensors = {"a": a, "b": b, "c": c}
     if bias is not None:
         tensors["bias"] = bias.contiguous()
+    # Allocations are aligned (MTLBuffers to pages, CPU tensors to 64 bytes): the storage offset decides.
+    for name, t in tensors.items():
+        setattr(problem, f"{name}_aligned", t.storage_offset() * t.element_size() % 16 == 0)
+    plan = _C.plan_gemm(problem)
     executors.run(route, plan, tensors, checks, problem.family)
     return c

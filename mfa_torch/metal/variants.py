@@ -44,10 +44,11 @@ def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_d
     return p
 
 
-def gemm_problem(family, dtype, m, n, k, has_bias=True):
+def gemm_problem(family, dtype, m, n, k, has_bias=True, aligned=True):
     p = _C.GemmProblem()
     p.family, p.dtype, p.batch, p.m, p.n, p.k, p.has_bias = family, dtype, 1, m, n, k, has_bias
     p.a_strides, p.b_strides = [0, k, 1], [0, n, 1]
+    p.a_aligned = p.b_aligned = p.c_aligned = p.bias_aligned = aligned
     return p
 
 
@@ -67,6 +68,9 @@ def _attention_grid(family):
             yield attention_problem(family, dtype, mask, value_dim=48)
     for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
         yield attention_problem(family, head_dim=dim, value_dim=dim)
+    for dtype in DTYPES:  # operands streamed and dK/dV split where registers run short, per tile type
+        for dims in ((128, 128), (256, 256), (8, 256), (256, 8)):
+            yield attention_problem(family, dtype, head_dim=dims[0], value_dim=dims[1])
     for dtype in ("float16", "float32"):  # float inputs stage fewer keys per block
         for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
             for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)
@@ -75,8 +79,9 @@ def _attention_grid(family):
 
 def _gemm_grid(family):
     for dtype in DTYPES:
-        yield gemm_problem(family, dtype, 64, 64, 64)  # one K split
-        yield gemm_problem(family, dtype, 8, 8, 4096)  # few output tiles, long K: split-K
+        yield gemm_problem(family, dtype, 64, 64, 64)  # one tile: operands from device memory where the table says
+        yield gemm_problem(family, dtype, 64, 64, 64, aligned=False)  # every operand staged
+        yield gemm_problem(family, dtype, 8, 8, 4096)  # few output tiles, long K: Stream-K
 
 
 def _plans():

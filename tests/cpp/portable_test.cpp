@@ -21,6 +21,7 @@
 #include "attention/backward_plan.h"
 #include "attention/block_table.h"
 #include "attention/forward_plan.h"
+#include "attention/registers.h"
 #include "gemm/block_table.h"
 #include "gemm/plan.h"
 #include "gemm_params.h"
@@ -135,9 +136,27 @@ void test_block_tables() {
   CHECK_EQ(attention_forward_blocks(GpuFamily::Apple10, 256, 4).block_k, 16u);
   CHECK_EQ(attention_backward_blocks(GpuFamily::Apple9, 129).dq_block_k, 16u);  // the 256 row
   CHECK_EQ(attention_backward_blocks(GpuFamily::Apple7, 512).dkdv_block_q, 8u);
-  CHECK_EQ(gemm_blocks(GpuFamily::Apple7, false).block_k, 24u);
-  CHECK_EQ(gemm_blocks(GpuFamily::Apple8, true).block_m, 48u);
-  CHECK_EQ(gemm_blocks(GpuFamily::Apple9, false).block_n, 32u);
+  CHECK_EQ(gemm_blocks(GpuFamily::Apple7, false).block_k, 32u);
+  CHECK_EQ(gemm_blocks(GpuFamily::Apple8, true).block_m, 64u);
+  CHECK(gemm_blocks(GpuFamily::Apple7, false).a_from_device && !gemm_blocks(GpuFamily::Apple7, true).a_from_device);
+  CHECK(gemm_blocks(GpuFamily::Apple9, true).b_from_device && !gemm_blocks(GpuFamily::Apple8, false).b_from_device);
+}
+
+void test_register_estimates() {
+  // float16, E = Ev = 128, everything held: 24 + K 16 + V 16 + dK 32 + dV 32 + S 2 + (dP 2 + dO 1) = 125.
+  AttentionTileShape half128;
+  half128.head_dim = half128.value_dim = 128;
+  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DK | MFA_DKDV_DV, false, false), 125u);
+  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DV, false, false), 24u + 16 + 32 + 2 + 1);  // no V, dK or dP
+  // The forward with 64-key blocks: 24 + Q 16 + O 32 + S 16 + zeroing a score tile 2 = 90; Q streamed: 24 + O 32 +
+  // S 16 + a Q and a K tile 2 = 74.
+  half128.block_k = 64;
+  CHECK_EQ(forward_registers(half128, false), 90u);
+  CHECK_EQ(forward_registers(half128, true), 74u);
+  // float32 tiles take 2 registers; dQ: 24 + Q 32 + dO 32 + dQ 32 + S, dP 4 + K 2 = 126.
+  AttentionTileShape float128 = half128;
+  float128.operand_registers = float128.held_registers = 2;
+  CHECK_EQ(dq_registers(float128, false, false), 126u);
 }
 
 void test_attention_forward_plan() {
@@ -266,29 +285,35 @@ void test_attention_bad_and_empty_problems() {
 }
 
 void test_gemm_plan() {
-  // Apple7 float32 -> blocks {48, 48, 24}: 100 x 50 -> 3 x 2 threadgroups; K 30 -> 2 blocks, too few to split.
+  // Apple7 float32 -> 64 x 64 x 32 blocks: 100 x 50 -> 2 x 1 tiles, a worker each (no Stream-K: K has one block).
   GemmProblem p;
   p.family = "apple7";
   p.batch = 1, p.m = 100, p.n = 50, p.k = 30;
-  p.a_strides = {0, 30, 1}, p.b_strides = {0, 50, 1};
+  p.a_strides = {0, 32, 1}, p.b_strides = {0, 52, 1};
+  p.a_aligned = p.b_aligned = p.c_aligned = true;
   Plan plan = plan_gemm(p);
   CHECK_EQ(plan.launches.size(), 1u);
   const Launch& g = plan.launches.at(0);
-  CHECK_EQ(g.threadgroups, (Grid{2, 3, 1}));  // (column blocks, row blocks, batch x splits)
+  CHECK_EQ(g.threadgroups, (Grid{2, 1, 1}));  // workers
   CHECK_EQ(g.threads_per_threadgroup, (Grid{128, 1, 1}));
-  CHECK_EQ(g.threadgroup_memory, 24u * (48 + 48) * 4);
-  CHECK_EQ(define(g, "MFA_BLOCK_K"), "24");
-  CHECK_EQ(define(g, "MFA_SPLIT_K"), "0");
+  CHECK_EQ(g.threadgroup_memory, 32u * (64 + 64) * 4);
+  CHECK_EQ(define(g, "MFA_BLOCK_K"), "32");
+  CHECK_EQ(define(g, "MFA_A_FROM_DEVICE"), "1");  // float32 A on Apple7, rows of 4-element groups
+  CHECK_EQ(define(g, "MFA_B_FROM_DEVICE"), "0");
+  const GemmParams params = bound_params<GemmParams>(g, MFA_GEMM_PARAMS);
+  CHECK_EQ(params.copy_modes, uint32_t(MFA_GEMM_COPY_ROWS | MFA_GEMM_COPY_ROWS << 2));
+  CHECK_EQ(params.vector_c, 0u);  // 50 columns: rows of C off 4 elements
   CHECK_EQ(bound_tensor(g, MFA_GEMM_BIAS), "c");  // no bias: bound to c, never read
+  CHECK_EQ(bound_tensor(g, MFA_GEMM_PARTIAL), "c");  // no shared tile
   p.dtype = "float16";
-  CHECK_EQ(define(plan_gemm(p).launches.at(0), "MFA_BLOCK_K"), "32");
+  CHECK_EQ(define(plan_gemm(p).launches.at(0), "MFA_A_FROM_DEVICE"), "0");  // 16-bit: staged on Apple7
   p.k = 0;  // A and B are empty and may have no buffer
   CHECK_EQ(bound_tensor(plan_gemm(p).launches.at(0), MFA_GEMM_A), "c");
 }
 
-void test_gemm_split_k() {
-  // Apple9 bfloat16 -> blocks {32, 32, 32}: one 8 x 8 output tile, K 4096 = 128 blocks: splits = min(128, 128 / 8)
-  // = 16 of 8 blocks each, then a reduce over 64 outputs.
+void test_gemm_stream_k() {
+  // Apple9 bfloat16: one 64 x 64 tile, K 4096 = 128 blocks over min(128, 128 / 8) = 16 workers of 8 blocks; every
+  // boundary falls inside the tile, so the reduction sums 16 slots.
   GemmProblem p;
   p.dtype = "bfloat16";
   p.batch = 1, p.m = 8, p.n = 8, p.k = 4096, p.has_bias = true;
@@ -296,16 +321,18 @@ void test_gemm_split_k() {
   Plan plan = plan_gemm(p);
   CHECK_EQ(plan.launches.size(), 2u);
   const Launch& g = plan.launches.at(0);
-  CHECK_EQ(g.threadgroups, (Grid{1, 1, 16}));
-  CHECK_EQ(bound_tensor(g, MFA_GEMM_C), "partial");
+  CHECK_EQ(g.threadgroups, (Grid{16, 1, 1}));
+  CHECK_EQ(bound_tensor(g, MFA_GEMM_C), "c");
+  CHECK_EQ(bound_tensor(g, MFA_GEMM_PARTIAL), "partial");
   const GemmParams params = bound_params<GemmParams>(g, MFA_GEMM_PARAMS);
-  CHECK_EQ(params.num_splits, 16u);
-  CHECK_EQ(params.blocks_per_split, 8u);
-  CHECK_EQ(params.k, 4096u);
-  CHECK_EQ(temporary_numel(plan, "partial"), 16 * 64);
+  CHECK_EQ(params.workers, 16u);
+  CHECK_EQ(params.units_per_worker, uint64_t(8));
+  CHECK_EQ(params.longer_workers, 0u);
+  CHECK_EQ(params.k_blocks, 128u);
+  CHECK_EQ(temporary_numel(plan, "partial"), 16 * 2 * 64 * 64);
   const Launch& reduce = plan.launches.at(1);
   CHECK_EQ(reduce.kernel, "gemm_reduce");
-  CHECK_EQ(reduce.threadgroups, (Grid{1, 1, 1}));
+  CHECK_EQ(reduce.threadgroups, (Grid{15, 1, 1}));  // one per boundary between workers
   CHECK_EQ(reduce.threads_per_threadgroup, (Grid{MFA_GEMM_REDUCE_THREADS, 1, 1}));
   CHECK(reduce.defines == g.defines);  // one compiled library for both kernels
   CHECK_EQ(bound_tensor(reduce, MFA_GEMM_BIAS), "bias");
@@ -391,13 +418,14 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<const char*, std::function<void()>>> tests = {
       {"gpu_family", test_gpu_family},
       {"block_tables", test_block_tables},
+      {"register_estimates", test_register_estimates},
       {"attention_forward_plan", test_attention_forward_plan},
       {"attention_forward_split_kv", test_attention_forward_split_kv},
       {"attention_forward_varlen", test_attention_forward_varlen},
       {"attention_backward_plan", test_attention_backward_plan},
       {"attention_bad_and_empty_problems", test_attention_bad_and_empty_problems},
       {"gemm_plan", test_gemm_plan},
-      {"gemm_split_k", test_gemm_split_k},
+      {"gemm_stream_k", test_gemm_stream_k},
       {"gemm_bad_and_empty_problems", test_gemm_bad_and_empty_problems},
       {"shader_source_expansion", [&] { test_shader_source_expansion(argv[2]); }},
       {"shipped_shaders_expand", [&] { test_shipped_shaders_expand(argv[1]); }},

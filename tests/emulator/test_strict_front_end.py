@@ -44,17 +44,17 @@ def test_findings_name_the_shipped_file_and_line(tmp_path):
 def _wide_sweep_plans():
     """Many more problems than variants.py's grid: every head dim, many lengths and GQA ratios, every flag."""
     for family in variants.GPU_FAMILIES:
-        for head_dim, value_dim in itertools.product(range(1, 257), (1, 100, 256, None)):
+        for dtype, head_dim, value_dim in itertools.product(variants.DTYPES, range(1, 257), (1, 100, 256, None)):
             yield from variants.attention_plans(
-                variants.attention_problem(family, head_dim=head_dim, value_dim=value_dim or head_dim))
+                variants.attention_problem(family, dtype, head_dim=head_dim, value_dim=value_dim or head_dim))
         for dtype, mask, count in itertools.product(variants.DTYPES, variants.MASKS, (False, True)):
             for q_len, kv_len, (q_heads, kv_heads) in itertools.product(
                     (1, 3, 8, 9, 17, 25, 33, 1000), (1, 9, 16, 17, 25, 512, 65536), ((1, 1), (8, 2), (64, 1))):
                 yield from variants.attention_plans(variants.attention_problem(
                     family, dtype, mask, 64, 64, q_len, kv_len, q_heads, kv_heads, count))
-        for dtype, m, n, k in itertools.product(variants.DTYPES, (1, 8, 64, 1000), (1, 8, 64, 1000),
-                                                (0, 1, 64, 4096, 100000)):
-            yield _C.plan_gemm(variants.gemm_problem(family, dtype, m, n, k))
+        for dtype, m, n, k, aligned in itertools.product(variants.DTYPES, (1, 8, 64, 1000), (1, 8, 64, 1000),
+                                                         (0, 1, 64, 4096, 100000), (False, True)):
+            yield _C.plan_gemm(variants.gemm_problem(family, dtype, m, n, k, aligned=aligned))
 
 
 def _reach(found):

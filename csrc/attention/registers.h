@@ -1,0 +1,30 @@
+// The register estimate of the emulator's profile builds (mfa_torch/emulator/counters.py: an allowance of 24 for
+// scalars and pointers, plus 2 per float and 1 per 16-bit 8x8 tile alive at once) for the tiles of each attention
+// kernel, so the planners choose which operands stay in registers. tests/test_kernel_registers.py compares it with
+// the emulator's count of every kind of variant.
+#pragma once
+
+#include <cstdint>
+
+namespace mfa {
+
+constexpr uint32_t kRegisterAllowance = 24;
+constexpr uint32_t kRegisterLimit = 128;  // past it a kernel spills (facts/apple-gpu-performance.md)
+
+// The tile shapes a kernel's registers depend on: head dims padded to 8, the operand tiles' type and the key block.
+struct AttentionTileShape {
+  uint32_t head_dim = 0, value_dim = 0;
+  uint32_t operand_registers = 1;  // per operand tile: 1 for 16-bit tiles, 2 for float (float32, bfloat before Apple9)
+  uint32_t held_registers = 1;     // per tile held in the input type: 1 for 16-bit inputs, 2 for float32
+  bool widened_bfloat = false;     // bfloat operands widened to float where they are loaded or used
+  uint32_t block_k = 0;            // the forward's keys per block (its score tiles)
+};
+
+// attention_forward with Q held (or streamed).
+uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q);
+// attention_backward_dq with Q and dO held or streamed.
+uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do);
+// attention_backward_dkdv computing dK and/or dV (MFA_DKDV_OUTPUTS bits), K and V held or streamed.
+uint32_t dkdv_registers(const AttentionTileShape& shape, uint32_t outputs, bool stream_k, bool stream_v);
+
+}  // namespace mfa

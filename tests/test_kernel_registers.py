@@ -1,0 +1,74 @@
+"""Registers per thread of the attention kernels (issue "Kernels built for speed": no variant the planners emit for
+E, Ev <= 256, forward or backward, any dtype or family, over 128). The planners estimate each variant's registers
+(csrc/attention/registers.h) to choose which operands stay in registers and whether dK and dV take one launch or
+two; every plan is checked against the limit here, and the estimate against the emulator's exact count on a variant
+of every kind: all held, operands streamed, dK/dV split, 16-bit, float and widened bfloat tiles."""
+import pytest
+import torch
+
+from mfa_torch import _C
+from mfa_torch.emulator import profile
+from mfa_torch.metal import executors, variants
+from kernel_routes import kernel_route
+from sdpa_check import sdpa_check
+
+LIMIT = 128
+ESTIMATED = ("attention_forward", "attention_backward_dq", "attention_backward_dkdv")
+
+
+def test_no_planned_variant_passes_the_register_limit():
+    dims = range(8, 257, 8)  # the kernels' head dims (E and Ev padded to 8)
+    for family in ("apple7", "apple8", "apple9", "apple10"):
+        for dtype in ("float32", "float16", "bfloat16"):
+            for E in dims:
+                for Ev in dims:
+                    problem = variants.attention_problem(family, dtype, "none", head_dim=E, value_dim=Ev)
+                    for plan in variants.attention_plans(problem):
+                        for launch in plan.launches:
+                            if launch.kernel in ESTIMATED:
+                                assert 0 < launch.registers <= LIMIT, (family, dtype, E, Ev, launch.kernel)
+
+
+def test_dk_and_dv_split_only_past_the_limit():
+    def dkdv_outputs(E, Ev, dtype):
+        problem = variants.attention_problem("apple9", dtype, "none", head_dim=E, value_dim=Ev)
+        backward = _C.plan_attention_backward(problem, False)
+        return [dict(l.defines)["MFA_DKDV_OUTPUTS"] for l in backward.launches if l.kernel.endswith("dkdv")]
+    assert dkdv_outputs(128, 128, "float16") == ["3"]  # both accumulators with K and V held
+    assert dkdv_outputs(128, 128, "float32") == ["3"]  # K streamed
+    assert dkdv_outputs(256, 256, "float16") == ["1", "2"]  # dV, then dK
+
+
+CASES = [  # (family, dtype, E, Ev): what each variant exercises
+    ("apple9", torch.float16, 64, 64),  # everything held, 16-bit tiles
+    ("apple7", torch.float32, 128, 128),  # float tiles; dK/dV stream K
+    ("apple7", torch.bfloat16, 128, 128),  # widened bfloat held, widened at each use: dK/dV at the limit
+    ("apple7", torch.bfloat16, 256, 256),  # widened bfloat: Q streamed, Q and dO streamed, dV and dK apart
+    ("apple9", torch.float16, 256, 256),  # 16-bit: Q streamed, dV and dK apart
+    ("apple7", torch.float16, 8, 256),  # a large value dim alone
+    ("apple9", torch.float32, 8, 256),  # dK/dV stream V
+]
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("family, dtype, E, Ev", CASES, ids=lambda x: str(x).removeprefix("torch."))
+def test_estimates_are_the_emulators_count(monkeypatch, family, dtype, E, Ev):
+    """Forward and backward through the API (checked against the fp64 oracle as well): the emulator's register count
+    of each launch equals the planner's estimate, and no launch (also delta and combine) passes the limit."""
+    monkeypatch.setenv("MFA_TORCH_GPU_FAMILY", family)
+    plans = []
+    real_run = executors.run
+
+    def recording_run(route, plan, tensors, checks=None, family=None):
+        plans.append(plan)
+        return real_run(route, plan, tensors, checks, family)
+
+    monkeypatch.setattr(executors, "run", recording_run)
+    with kernel_route("emulator") as device, profile() as prof:
+        sdpa_check({"q": (1, 2, 13, E), "k": (1, 2, 21, E), "v": (1, 2, 21, Ev)}, dtype, device=device)
+    planned = [launch for plan in plans for launch in plan.launches]
+    assert [launch.kernel for launch in planned] == [launch["kernel"] for launch in prof.launches]
+    for launch, counted in zip(planned, prof.launches):
+        assert counted["registers"] <= LIMIT and not counted["spills"], launch.kernel
+        if launch.kernel in ESTIMATED:
+            assert launch.registers == counted["registers"], (launch.kernel, dict(launch.defines))
