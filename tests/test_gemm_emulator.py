@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from oracle import DT_IDS, DTYPES, assert_rule, check_against_oracle, linear_fp64, make_inputs, matmul_fp64, max_err
 
 import mfa_torch
-from kernel_routes import DEVICE, KERNEL_ROUTES, kernel_route
+from kernel_routes import DEVICE, KERNEL_ROUTES, kernel_route, with_dtypes
 from mfa_torch import _C
 from mfa_torch.metal import executors
 from mfa_torch.metal import gemm as metal_gemm
@@ -196,10 +196,11 @@ LAYOUTS = {  # (a, b) of a (2, 148, 104) x (104, 136) product: interior tiles, a
 COPY_MODES = {"rows": (1, 1), "transposed": (2, 2), "linear": (1, 2), "offset": (0, 1)}
 
 
-@pytest.mark.parametrize("family", ["apple7", "apple9"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_interior_tiles_on_every_path(route, layout, dtype, family, launches):
+@pytest.mark.parametrize("layout, family, dtype", [
+    pytest.param(layout, family, dtype, id=f"{layout}-{family}-{str(dtype).removeprefix('torch.')}")
+    for (layout, family), dtype in with_dtypes([(layout, family) for family in ("apple7", "apple9")
+                                                for layout in LAYOUTS], DTYPES)])
+def test_interior_tiles_on_every_path(route, layout, family, dtype, launches):
     """Whole 64 x 64 tiles and whole K blocks (the check-free interior steps) next to edge tiles and a partial K
     block, for operands staged by rows, by columns and by element, and read straight from device memory."""
     inputs = make_inputs({"a": (2, 148, 104), "b": (1, 104, 136)}, dtype, seed=8)
