@@ -99,6 +99,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
         delta_tile[tid] = int(tid) < queries ? delta[head_base + query0 + tid] : 0.0f;
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
+      const bool inside_band = attention_inside_band(p, sq, query0, query0 + MFA_BLOCK_Q - 1, key0, key0 + MFA_BLOCK_KV - 1);
       for (uint c = 0; c < MFA_BLOCK_Q / 8; c++) {
         simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         #pragma clang loop unroll(full)
@@ -125,7 +126,8 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
           const AttentionRow row = attention_row(p, sq, seq, head, query, alibi);
           const bool valid = key_valid && query < sq.q_len;
           bool allowed = false;
-          const float score = valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
+          const float score =
+              valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, inside_band, allowed) : MFA_MASKED_SCORE;
           const float prob = attention_probability(score, allowed, softmax_tile[local]);
           const float keep = attention_dropout_factor(p, row, key);
 #if MFA_DKDV_OUTPUTS & MFA_DKDV_DK

@@ -85,6 +85,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                                                       p.v_strides[2], keys, p.value_dim, tid,
                                                                       p.wide_rows & 4u);
     threadgroup_barrier(mem_flags::mem_threadgroup);
+    const bool inside_band = attention_inside_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G),
+                                                   key0, key0 + MFA_BLOCK_K - 1);
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -106,7 +108,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
         bool allowed = false;
-        const float score = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
+        const float score =
+            row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, inside_band, allowed) : MFA_MASKED_SCORE;
         const float prob = attention_probability(score, allowed, row_softmax);
         const float ds = prob * (dp[t] * attention_dropout_factor(p, row, key) - row_delta);
 #if MFA_MASK_GRAD

@@ -114,6 +114,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
         simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
       }
     }
+    const bool inside_band = attention_inside_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G),
+                                                   key0, key0 + MFA_BLOCK_K - 1);
     float block_max = MFA_MASKED_SCORE;
     uint allowed_keys = 0;  // bit 2 j + t: this lane's key j * 8 + tile_col + t may be attended
     #pragma clang loop unroll(full)
@@ -122,7 +124,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
         bool allowed = false;
-        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, allowed) : MFA_MASKED_SCORE;
+        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, inside_band, allowed) : MFA_MASKED_SCORE;
         allowed_keys |= uint(allowed) << (2 * j + t);
         block_max = max(block_max, s[t]);
       }

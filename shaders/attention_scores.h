@@ -82,14 +82,25 @@ inline bool attention_allowed(constant AttentionParams& p, thread const Attentio
          (p.window_right < 0 || key <= row.diagonal + p.window_right);
 }
 
+// Whether every key of [key_first, key_last] lies inside the sequence and the causal/window band of every query of
+// [query_first, query_last]: the scores of such a block need no structure check, only blocks that cross the band's
+// edge (or the sequence's end) do.
+inline bool attention_inside_band(constant AttentionParams& p, thread const AttentionSequence& s, int query_first,
+                                  int query_last, int key_first, int key_last) {
+  return query_last < s.q_len && key_last < s.kv_len &&
+         (p.window_left < 0 || key_first >= query_last + s.offset - p.window_left) &&
+         (p.window_right < 0 || key_last <= query_first + s.offset + p.window_right);
+}
+
 // Score in natural-log units from the raw dot product q . k, and whether the row may attend `key` at all (`allowed`:
 // false for the causal/window structure, a false bool mask entry or a -inf float one; the score is then
-// MFA_MASKED_SCORE).
+// MFA_MASKED_SCORE). `inside_band`: the key's block lies inside the band (attention_inside_band), so only the mask
+// can exclude it.
 template <typename MaskT>
 inline float attention_score(float dot, constant AttentionParams& p, thread const AttentionRow& row, int key,
-                             int kv_len, device const MaskT* mask, thread bool& allowed) {
+                             int kv_len, device const MaskT* mask, bool inside_band, thread bool& allowed) {
   allowed = false;
-  if (!attention_allowed(p, row, key, kv_len)) return MFA_MASKED_SCORE;
+  if (!inside_band && !attention_allowed(p, row, key, kv_len)) return MFA_MASKED_SCORE;
   float s = dot * p.scale;
   if (p.softcap > 0.0f) s = p.softcap * metal::precise::tanh(s / p.softcap);
   s -= row.slope * metal::abs(float(row.diagonal - key));
