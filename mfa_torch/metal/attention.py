@@ -41,8 +41,7 @@ def _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, botto
     p.kv_heads, p.kv_len, p.value_dim = k.shape[1], k.shape[2], v.shape[3]
     # q, k, v are read through their strides (_prepare made each last dim dense; a size-1 one's stride is never used)
     p.q_strides, p.k_strides, p.v_strides = ([*t.stride()[:3], 1] for t in (q, k, v))
-    # allocations are aligned (MTLBuffers to pages, CPU tensors to 64 bytes): the storage offset decides
-    p.q_aligned, p.k_aligned, p.v_aligned = (t.storage_offset() * t.element_size() % 16 == 0 for t in (q, k, v))
+    p.q_aligned, p.k_aligned, p.v_aligned = (executors.begins_on_16_bytes(t) for t in (q, k, v))
     if mask is not None:
         p.mask = "bool" if mask.dtype == torch.bool else _dtype_name(mask.dtype)
         p.mask_strides = [0 if n == 1 else s for n, s in zip(mask.shape, mask.stride())]
@@ -91,7 +90,7 @@ def backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlen
                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
                                 dropout_seed, family, count_tiles)
     grad_out = grad_out.contiguous()
-    problem.grad_out_aligned = grad_out.storage_offset() * grad_out.element_size() % 16 == 0
+    problem.grad_out_aligned = executors.begins_on_16_bytes(grad_out)
     plan = _C.plan_attention_backward(problem, mask_grad)
     tensors.update(grad_out=grad_out, out=out.contiguous(), stats=stats.contiguous())
     dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))

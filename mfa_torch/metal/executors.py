@@ -21,6 +21,12 @@ def run(route, plan, tensors, checks=None, family=None):
     return temporaries
 
 
+def begins_on_16_bytes(tensor):
+    """Whether the tensor's first element sits on 16 bytes: allocations are aligned (MTLBuffers to pages, CPU tensors
+    to 64 bytes), so the storage offset decides. The planners allow vector accesses from it."""
+    return tensor.storage_offset() * tensor.element_size() % 16 == 0
+
+
 def gpu_family(route):
     """The block tables a route plans for: the MPS device's family, or (emulator) $MFA_TORCH_GPU_FAMILY, default
     "apple9"; tests plan for every family explicitly."""

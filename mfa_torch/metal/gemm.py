@@ -40,9 +40,8 @@ def gemm(route, a, b, bias, *, c=None, family=None, checks=None):
     tensors = {"a": a, "b": b, "c": c}
     if bias is not None:
         tensors["bias"] = bias.contiguous()
-    # Allocations are aligned (MTLBuffers to pages, CPU tensors to 64 bytes): the storage offset decides.
     for name, t in tensors.items():
-        setattr(problem, f"{name}_aligned", t.storage_offset() * t.element_size() % 16 == 0)
+        setattr(problem, f"{name}_aligned", executors.begins_on_16_bytes(t))
     plan = _C.plan_gemm(problem)
     executors.run(route, plan, tensors, checks, problem.family)
     return c
