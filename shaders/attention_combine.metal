@@ -3,11 +3,11 @@
 //
 // Grid: x = query position (up to the longest sequence), y = query head, z = batch (or sequence); one SIMD-group
 // per row, its lanes striding over the value dim. Splits with sum 0 (no allowed key, or scores that held a NaN) carry
-// stats (-inf, 0) and weigh 0; their max enters no arithmetic (attention_scores.h: fast math).
+// stats (-inf, 0) and weigh 0; their max enters no arithmetic (attention_softmax.h: fast math).
 #include <metal_stdlib>
 using namespace metal;
 #include "attention_params.h"
-#include "attention_scores.h"
+#include "attention_softmax.h"
 
 // A split's sum rescaled to the row's max (the forward's own correction); 0 for a split with sum 0.
 inline float split_weight(float2 split, float row_max) {

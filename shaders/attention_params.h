@@ -37,6 +37,12 @@
 #define MFA_MASK_FLOAT 2
 
 // What a dK/dV launch computes (define MFA_DKDV_OUTPUTS, a bit set): dV, dK or both.
+// MFA_SCORE_FEATURES: the score features a variant compiles in, a sum of the bits below (the planner sets them from
+// the call). A feature that is off is absent from the variant's code, so it costs nothing.
+#define MFA_SCORE_SOFTCAP 1
+#define MFA_SCORE_ALIBI 2
+#define MFA_SCORE_DROPOUT 4
+
 #define MFA_DKDV_DV 1
 #define MFA_DKDV_DK 2
 
@@ -61,11 +67,9 @@ struct AttentionParams {
   mfa_i32 window_right;
   mfa_u32 bottom_right;     // offset = S - L (FlashAttention) instead of 0 (sdpa)
   mfa_u32 varlen;           // cu_seqlens give each sequence's tokens
-  mfa_u32 has_alibi;
   mfa_u32 alibi_batch_stride;  // 0 when the slopes are shared by the batch
   float scale;
-  float softcap;            // 0 = off
-  mfa_u32 has_dropout;
+  float softcap;            // with MFA_SCORE_SOFTCAP
   mfa_u32 dropout_threshold;  // drop when the 32-bit hash is below p * 2^32
   mfa_u32 dropout_key_lo;     // the mixed seed (see dropout_rng.h)
   mfa_u32 dropout_key_hi;

@@ -4,14 +4,12 @@
 // and the fp64 oracle apply them).
 #pragma once
 #include "attention_params.h"
+#include "attention_softmax.h"
 #include "dropout_rng.h"
 
-// Fast math (PYTORCH_MPS_FAST_MATH=1) lets the compiler assume that no value is infinite or NaN, and fold comparisons
-// with them. So the kernels compare with no infinity: whether a row may attend a key is a flag, a key it may not
-// attend has the finite score MFA_MASKED_SCORE, and a row that attended nothing is told by its sum 0. The infinities
-// that are data (a -inf float mask entry, the stats (-inf, 0) of such a row) are read and written as bits.
-constant constexpr float MFA_MASKED_SCORE = -FLT_MAX;  // no finite score is lower, so max() ignores it
-constant constexpr uint MFA_MINUS_INFINITY_BITS = 0xff800000u;
+#ifndef MFA_SCORE_FEATURES
+#error "MFA_SCORE_FEATURES names the score features the variant compiles in (attention_params.h)"
+#endif
 
 // Whether a float mask entry is -inf (the key is masked out), from its bits in the mask's own type.
 inline bool attention_masks_out(float m) { return as_type<uint>(m) == MFA_MINUS_INFINITY_BITS; }
@@ -62,7 +60,9 @@ struct AttentionRow {
   uint head;       // query head
   int query;       // position within its sequence
   int diagonal;    // query + offset: the key this row sees on the (possibly bottom-right) diagonal
-  float slope;     // ALiBi slope, 0 without ALiBi
+#if MFA_SCORE_FEATURES & MFA_SCORE_ALIBI
+  float slope;     // ALiBi slope
+#endif
 };
 
 inline AttentionRow attention_row(constant AttentionParams& p, thread const AttentionSequence& s, uint seq, uint head,
@@ -72,7 +72,9 @@ inline AttentionRow attention_row(constant AttentionParams& p, thread const Atte
   row.head = head;
   row.query = query;
   row.diagonal = query + s.offset;
-  row.slope = p.has_alibi ? alibi[seq * p.alibi_batch_stride + head] : 0.0f;
+#if MFA_SCORE_FEATURES & MFA_SCORE_ALIBI
+  row.slope = alibi[seq * p.alibi_batch_stride + head];
+#endif
   return row;
 }
 
@@ -102,8 +104,12 @@ inline float attention_score(float dot, constant AttentionParams& p, thread cons
   allowed = false;
   if (!inside_band && !attention_allowed(p, row, key, kv_len)) return MFA_MASKED_SCORE;
   float s = dot * p.scale;
-  if (p.softcap > 0.0f) s = p.softcap * metal::precise::tanh(s / p.softcap);
+#if MFA_SCORE_FEATURES & MFA_SCORE_SOFTCAP
+  s = p.softcap * metal::precise::tanh(s / p.softcap);
+#endif
+#if MFA_SCORE_FEATURES & MFA_SCORE_ALIBI
   s -= row.slope * metal::abs(float(row.diagonal - key));
+#endif
   // The mask kind is chosen by the preprocessor, so no other kind's conversion (bool of a bfloat) is ever compiled.
 #if MFA_MASK_KIND != MFA_MASK_NONE
   const long at = long(row.batch) * p.mask_strides[0] + long(row.head) * p.mask_strides[1] +
@@ -120,51 +126,24 @@ inline float attention_score(float dot, constant AttentionParams& p, thread cons
   return s;
 }
 
-// Dropout's factor for (row, key): 1 without dropout, else 0 (dropped) or 1 / (1 - p) (kept).
+// Dropout's factor for (row, key): 0 (dropped) or 1 / (1 - p) (kept); the constant 1 without MFA_SCORE_DROPOUT.
 inline float attention_dropout_factor(constant AttentionParams& p, thread const AttentionRow& row, int key) {
-  if (!p.has_dropout) return 1.0f;
+#if MFA_SCORE_FEATURES & MFA_SCORE_DROPOUT
   const ulong counter = ulong(p.dropout_offset) +
                         ((ulong(row.batch) * p.q_heads + row.head) * p.dropout_rows + ulong(row.query)) * p.dropout_cols +
                         ulong(key);
   return mfa_dropout_keep(counter, p.dropout_key_lo, p.dropout_key_hi, p.dropout_threshold) ? p.dropout_scale : 0.0f;
-}
-
-// The softmax of a row is kept as (max, sum): its largest score m and the sum l of exp(score - m) (natural units).
-// The forward writes them; the backward recomputes each probability with the forward's expressions below from the
-// same scores, so the two agree at any score magnitude (a log-sum-exp m + log l in float is rounded by |m| x 2^-24,
-// and exp(score - lse) would carry that error into every probability of the row).
-
-// exp(score - shift) as the forward's online softmax evaluates it: only the difference goes to base 2.
-inline float attention_exp(float score, float shift) { return metal::exp2((score - shift) * M_LOG2E_F); }
-
-// 1 / l, and 0 for rows that attend nothing (l = 0) or whose scores hold a NaN (l NaN).
-inline float attention_inverse_sum(float sum) { return sum > 0.0f ? 1.0f / sum : 0.0f; }
-
-// The stats a row writes: (max, sum), or (-inf, 0) for a row that attended nothing or whose scores held a NaN (sum
-// not > 0; the op's contract, README "stats"). Selected as bits: fast math may drop the infinite arm of a float select.
-inline float2 attention_stats(float row_max, float row_sum) {
-  const uint2 no_key = uint2(MFA_MINUS_INFINITY_BITS, 0u);
-  return as_type<float2>(row_sum > 0.0f ? as_type<uint2>(float2(row_max, row_sum)) : no_key);
-}
-
-// A row's stats as the backward reads them: (max, 1 / sum), and (0, 0) for rows with sum 0 (their max is -inf), so no
-// infinity enters the arithmetic.
-inline float2 attention_row_softmax(float2 stats) {
-  return stats.y > 0.0f ? float2(stats.x, 1.0f / stats.y) : float2(0.0f);
-}
-
-// Softmax probability of a score given its row's (max, 1 / sum); 0 for keys the row may not attend and rows that
-// attend nothing.
-inline float attention_probability(float score, bool allowed, float2 row_softmax) {
-  return !allowed || row_softmax.y == 0.0f ? 0.0f : attention_exp(score, row_softmax.x) * row_softmax.y;
+#else
+  return 1.0f;
+#endif
 }
 
 // Gradient with respect to the raw dot product q . k from ds, the gradient of the score (after softcap, where ALiBi
 // and the mask are added): the softcap chain rule and the scale.
 inline float attention_dot_gradient(float ds, float dot, constant AttentionParams& p) {
-  if (p.softcap > 0.0f) {
-    const float t = metal::precise::tanh(dot * p.scale / p.softcap);
-    ds *= 1.0f - t * t;
-  }
+#if MFA_SCORE_FEATURES & MFA_SCORE_SOFTCAP
+  const float t = metal::precise::tanh(dot * p.scale / p.softcap);
+  ds *= 1.0f - t * t;
+#endif
   return ds * p.scale;
 }

@@ -7,6 +7,7 @@ from mfa_torch.emulator.compiler import preprocess
 from mfa_torch.emulator.tokens import attribute_groups, tokenize
 from mfa_torch.emulator.translate import translate
 from mfa_torch.metal.shader_files import shader_dir
+from mfa_torch.metal import variants
 from mfa_torch.metal.variants import planned_launches
 
 SHADERS = sorted(p.name for p in shader_dir().glob("*.metal"))
@@ -74,3 +75,24 @@ def test_max_total_threads_per_threadgroup_is_the_plans_threadgroup_size():
         for kernel, threads in kernels.items():
             assert threads == {declared[kernel]}, (f"{shader} {dict(defines)}: {kernel} is launched with {threads} "
                                                    f"threads per threadgroup, declares {declared[kernel]}")
+
+
+# The code each score feature adds to the attention kernels: a call or a read no other part of them makes.
+_FEATURE_CODE = {variants.SOFTCAP: "precise::tanh(", variants.ALIBI: "alibi[", variants.DROPOUT: "mfa_dropout_keep(counter"}
+
+
+@pytest.mark.parametrize("features", variants.SCORE_FEATURES)
+def test_score_features_are_compiled_into_a_variant_only_when_switched_on(features):
+    """A feature that is off costs nothing: the planner's MFA_SCORE_FEATURES leaves its code out of the variant's
+    source (no branch on the params at run time), and a feature that is on is in every fused kernel that scores."""
+    problem = variants.attention_problem("apple9", score_features=features)
+    launches = [launch for plan in variants.attention_plans(problem) for launch in plan.launches
+                if launch.kernel in ("attention_forward", "attention_backward_dq", "attention_backward_dkdv")]
+    assert {launch.kernel for launch in launches} == {"attention_forward", "attention_backward_dq",
+                                                      "attention_backward_dkdv"}
+    for launch in launches:
+        defines = dict(launch.defines)
+        assert defines["MFA_SCORE_FEATURES"] == str(features)
+        text = preprocess(_C.expanded_shader_source(launch.shader), launch.shader, defines, [])
+        for bit, code in _FEATURE_CODE.items():
+            assert (code in text) == bool(features & bit), (launch.kernel, features, code)

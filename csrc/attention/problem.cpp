@@ -140,11 +140,9 @@ AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, i
   params.window_right = mfa_i32(std::clamp<int64_t>(prob.window_right, -1, std::numeric_limits<int32_t>::max()));
   params.bottom_right = prob.bottom_right;
   params.varlen = prob.num_sequences > 0;
-  params.has_alibi = prob.has_alibi;
   params.alibi_batch_stride = mfa_u32(prob.alibi_batch_stride);
   params.scale = float(prob.scale);
   params.softcap = float(prob.softcap);
-  params.has_dropout = prob.dropout_p > 0.0;
   params.dropout_threshold = mfa_u32(prob.dropout_p * 4294967296.0);
   params.dropout_key_lo = mfa_dropout_key_lo(mfa_u64(prob.dropout_seed));
   params.dropout_key_hi = mfa_dropout_key_hi(mfa_u64(prob.dropout_seed));
@@ -170,6 +168,11 @@ AttentionTileShape attention_tile_shape(const AttentionProblem& p, uint32_t bloc
   return shape;
 }
 
+int attention_score_features(const AttentionProblem& p) {
+  return (p.softcap > 0.0 ? MFA_SCORE_SOFTCAP : 0) | (p.has_alibi ? MFA_SCORE_ALIBI : 0) |
+         (p.dropout_p > 0.0 ? MFA_SCORE_DROPOUT : 0);
+}
+
 std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const AttentionProblem& p) {
   const int mask_kind = attention_mask_kind(p);
   std::vector<std::pair<std::string, std::string>> defines = {
@@ -177,6 +180,7 @@ std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const 
       {"MFA_HEAD_DIM", std::to_string(round_up(p.head_dim, 8))},
       {"MFA_VALUE_DIM", std::to_string(round_up(p.value_dim, 8))},
       {"MFA_MASK_KIND", std::to_string(mask_kind)},
+      {"MFA_SCORE_FEATURES", std::to_string(attention_score_features(p))},
       {"MFA_COUNT_TILES", p.count_tiles ? "1" : "0"},
       // bfloat tiles become float where the matrix unit computes them, before Apple9
       {"MFA_BFLOAT_AS_FLOAT", p.dtype == "bfloat16" && !has_bfloat_arithmetic(parse_gpu_family(p.family)) ? "1" : "0"}};

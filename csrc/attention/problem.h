@@ -74,9 +74,12 @@ int attention_mask_kind(const AttentionProblem& problem);
 // A tensor name, or "q" for a buffer the variant never reads (Metal wants every declared buffer bound).
 inline std::string bound_or_q(bool present, const char* name) { return present ? name : "q"; }
 
+// The MFA_SCORE_FEATURES of the problem: the score features (softcap, ALiBi, dropout) its variants compile in.
+int attention_score_features(const AttentionProblem& problem);
+
 // What every fused attention kernel (forward, backward dQ and dK/dV) shares: the defines naming the input type, the
-// padded head dims, the mask and the tile counter, and the bindings of q, k, v, mask, ALiBi, cu_seqlens, stats, the
-// params and the tile counter ("tile_count" when counting, itself a temporary the caller adds).
+// padded head dims, the mask, the score features and the tile counter, and the bindings of q, k, v, mask, ALiBi,
+// cu_seqlens, stats, the params and the tile counter ("tile_count" when counting, itself a temporary the caller adds).
 std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const AttentionProblem& problem);
 std::vector<Argument> attention_kernel_arguments(const AttentionProblem& problem, const AttentionParams& params,
                                                  const std::string& stats, const std::string& tile_count);

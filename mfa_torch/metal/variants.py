@@ -3,9 +3,10 @@ launch plans over a grid of problems and every GPU family, so that checks over "
 end, the expanded-source tests) follow the planners instead of a hand-written list.
 
 The grid is a covering, not a cross product: every dtype against every mask kind, split and unsplit, with and
-without tile counting and mask gradients; every rounded head dim; and query/key lengths short enough to shrink the
-blocks below their table sizes. A test (tests/emulator/test_strict_front_end.py) checks that it reaches every
-define value and block-table row a much wider sweep of the planners reaches.
+without tile counting and mask gradients; every combination of score features; every rounded head dim; and
+query/key lengths short enough to shrink the blocks below their table sizes. A test
+(tests/emulator/test_strict_front_end.py) checks that it reaches every define value and block-table row a much
+wider sweep of the planners reaches.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from . import lane_layout_self_test
 GPU_FAMILIES = ("apple7", "apple8", "apple9", "apple10")
 DTYPES = ("float32", "float16", "bfloat16")
 MASKS = ("none", "bool") + DTYPES
+SOFTCAP, ALIBI, DROPOUT = 1, 2, 4  # the score features (shaders/attention_params.h, MFA_SCORE_FEATURES)
+SCORE_FEATURES = range(8)  # every combination
 HEAD_DIM_STEP = 8  # the planners round head dims up to a multiple of 8
 MAX_HEAD_DIM = 256
 
@@ -34,13 +37,20 @@ class Variant:
 
 
 def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_dim=64, q_len=64, kv_len=64,
-                      q_heads=8, kv_heads=2, count_tiles=False):
+                      q_heads=8, kv_heads=2, count_tiles=False, score_features=0):
+    """A problem of one batch; score_features: a sum of SOFTCAP, ALIBI and DROPOUT switches those features on."""
     p = _C.AttentionProblem()
     p.family, p.dtype, p.mask, p.count_tiles = family, dtype, mask, count_tiles
     p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len = 1, q_heads, kv_heads, q_len, kv_len
     p.head_dim, p.value_dim = head_dim, value_dim
     if mask != "none":
         p.mask_strides = [0, 0, kv_len, 1]
+    if score_features & SOFTCAP:
+        p.softcap = 30.0
+    if score_features & ALIBI:
+        p.has_alibi = True
+    if score_features & DROPOUT:
+        p.dropout_p = 0.25
     return p
 
 
@@ -66,6 +76,8 @@ def _attention_grid(family):
         for mask in MASKS:
             yield attention_problem(family, dtype, mask, **decode, count_tiles=True)
             yield attention_problem(family, dtype, mask, value_dim=48)
+    for features in SCORE_FEATURES:
+        yield attention_problem(family, score_features=features)
     for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
         yield attention_problem(family, head_dim=dim, value_dim=dim)
     for dtype in DTYPES:  # operands streamed and dK/dV split where registers run short, per tile type
