@@ -14,8 +14,12 @@
 //   softcap > 0: scores = softcap * tanh(scores / softcap), before alibi and mask.
 //   dropout_p with dropout_seed, an int64 CPU tensor (seed, offset) (a tensor so that torch.compile can trace
 //         drawing it): a counter-based keep mask regenerated identically in the backward.
+//   sinks (Hq,) in the stats' dtype (GPT-OSS's attention sinks): one extra logit per query head in every row's
+//         softmax, with no value vector (its probability leaves the output). The stats include it, so the backward
+//         needs no sinks; the gradient of the sinks is -sum over rows of p_sink * rowsum(dO * O) (mfa_torch/ops.py).
 // Outputs: out (B, Hq, L, Ev) in q's dtype, and the softmax stats (B, Hq, L, 2) fp32 (fp64 for fp64 inputs): each
-// row's max score m and sum l of exp(score - m) in natural units ((-inf, 0) for rows attending nothing). The backward
+// row's max score m and sum l of exp(score - m) in natural units, the sink among the scores ((-inf, 0) for rows
+// attending nothing, with no sink). The backward
 // recomputes the probabilities as exp(score - m) / l from the same scores, as the forward formed them, so they agree
 // at any score magnitude (a saved log-sum-exp m + log l would be rounded by |m| x 2^-24). lse = m + log l.
 #include <torch/extension.h>
@@ -30,7 +34,7 @@ TORCH_LIBRARY(mfa, m) {
       "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? alibi_slopes, "
       "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale, "
       "int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, "
-      "Tensor? dropout_seed) -> (Tensor out, Tensor stats)");
+      "Tensor? dropout_seed, Tensor? sinks=None) -> (Tensor out, Tensor stats)");
   // dmask is the gradient of a float mask (same shape as mask) when mask_grad is true, else an empty tensor.
   m.def(
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor stats, Tensor? mask, "

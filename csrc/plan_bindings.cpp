@@ -71,6 +71,7 @@ void bind_plans(py::module& m) {
       .def_readwrite("v_strides", &AttentionProblem::v_strides)
       .def_readwrite("has_alibi", &AttentionProblem::has_alibi)
       .def_readwrite("alibi_batch_stride", &AttentionProblem::alibi_batch_stride)
+      .def_readwrite("has_sinks", &AttentionProblem::has_sinks)
       .def_readwrite("num_sequences", &AttentionProblem::num_sequences)
       .def_readwrite("max_seqlen_q", &AttentionProblem::max_seqlen_q)
       .def_readwrite("max_seqlen_k", &AttentionProblem::max_seqlen_k)

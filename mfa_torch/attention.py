@@ -13,7 +13,7 @@ import numbers
 import torch
 from torch.nn.attention.bias import CausalBias, CausalVariant
 
-from . import pytorch_paths, routing
+from . import pytorch_paths, reference, routing
 from ._validation import (ArgumentTypeError, check_dropout, check_float_tensors, check_scale, check_softcap,
                           check_window, overrides_torch_functions, require)
 from .attention_call import AttentionCall
@@ -50,6 +50,17 @@ def _check_alibi(alibi_slopes, q, shapes, description):
     return alibi_slopes.float().reshape(-1, heads).contiguous()
 
 
+def _check_sinks(sinks, q, heads, name):
+    """Attention sinks, one logit per query head: (heads,) floating, returned in the softmax stats' dtype (autograd
+    flows through the conversion, so a sinks tensor that requires grad gets its gradient)."""
+    require(isinstance(sinks, torch.Tensor), f"{name} must be a torch.Tensor", ArgumentTypeError)
+    require(sinks.is_floating_point(), f"{name} must be floating, got {sinks.dtype}", ArgumentTypeError)
+    require(sinks.device == q.device, f"{name} is on {sinks.device} but the query is on {q.device}")
+    require(tuple(sinks.shape) == (heads,),
+            f"{name} must have shape ({heads},), one logit per query head, got {tuple(sinks.shape)}")
+    return sinks.to(reference.stats_dtype(q.dtype))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # scaled_dot_product_attention
 
@@ -57,7 +68,7 @@ class _SdpaRequest:
     """A validated sdpa call: what PyTorch's SDPA lacks for it, and how to run it through the ops."""
 
     def __init__(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
-                 alibi_slopes, softcap, return_lse):
+                 alibi_slopes, softcap, sinks, return_lse):
         check_float_tensors(query=query, key=key, value=value)
         require(min(t.dim() for t in (query, key, value)) >= 2,
                 f"Expected query, key, and value to all be at least 2 dimensional (..., seq_len, head_dim), but got "
@@ -101,6 +112,7 @@ class _SdpaRequest:
         if alibi_slopes is not None:
             self.alibi = _check_alibi(alibi_slopes, query, {(self.Hq,), self.batch + (self.Hq,)},
                                       f"({self.Hq},) or {self.batch + (self.Hq,)}")
+        self.sinks = None if sinks is None else _check_sinks(sinks, query, self.Hq, "sinks")
         require(isinstance(return_lse, bool), "return_lse must be a bool", ArgumentTypeError)
         self.return_lse = return_lse
         self._call = None
@@ -109,6 +121,7 @@ class _SdpaRequest:
             ("lower-right causal alignment (causal_lower_right) with L != S", self.bottom_right),
             ("alibi_slopes", alibi_slopes is not None),
             ("softcap", self.softcap > 0),
+            ("sinks", sinks is not None),
             ("return_lse", return_lse)) if wanted]
         self.metal_lacks = metal_attention.metal_lacks(query.dtype, query.shape[-1], value.shape[-1])
 
@@ -173,7 +186,7 @@ class _SdpaRequest:
                              mask=None if self.mask is None else self._canonical_mask(), alibi=self.alibi,
                              scale=self.scale, window=self.window, bottom_right=self.bottom_right,
                              softcap=self.softcap, dropout_p=0.0 if self.dropout_p == 1 else self.dropout_p,
-                             lse_wanted=self.return_lse)
+                             sinks=self.sinks, lse_wanted=self.return_lse)
         return self._call
 
     def route(self):
@@ -190,7 +203,7 @@ class _SdpaRequest:
 
 
 def _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size, alibi_slopes,
-                  softcap, return_lse):
+                  softcap, sinks, return_lse):
     """(request, route) of an sdpa call; request None when the call goes to PyTorch's function as it is."""
     mask = None if isinstance(attn_mask, CausalBias) else attn_mask  # a subclass mfa_torch reads itself
     foreign = next(((name, t) for name, t in (("query", query), ("key", key), ("value", value), ("attn_mask", mask),
@@ -200,32 +213,35 @@ def _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, ena
         kind = "a nested tensor" if t.is_nested else f"a {type(t).__name__}"
         extras = [extra for extra, given in (("window_size", window_size is not None),
                                              ("alibi_slopes", alibi_slopes is not None), ("softcap", softcap != 0),
-                                             ("return_lse", return_lse is True)) if given]
+                                             ("sinks", sinks is not None), ("return_lse", return_lse is True))
+                  if given]
         require(not extras, f"{name} is {kind}: PyTorch's scaled_dot_product_attention decides what such calls "
                             f"mean (mfa_torch hands them to it), and it has no {', '.join(extras)}",
                 ArgumentTypeError)
         return None, routing.Route("torch-sdpa", f"{name} is {kind}, whose type gives PyTorch's functions their "
                                                  "meaning: the call goes to PyTorch's SDPA unchanged")
     request = _SdpaRequest(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
-                           alibi_slopes, softcap, return_lse)
+                           alibi_slopes, softcap, sinks, return_lse)
     return request, request.route()
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, window_size=None, alibi_slopes=None, softcap=0.0,
-                                 return_lse=False):
+                                 sinks=None, return_lse=False):
     """Drop-in for torch.nn.functional.scaled_dot_product_attention, with keyword-only extras.
 
     attn_mask may be torch.nn.attention.bias.causal_upper_left / causal_lower_right. window_size=(left, right):
     query i attends keys i - left .. i + right (-1 = unbounded), aligned like the causal structure (upper left;
     lower right with causal_lower_right). alibi_slopes (Hq,) or (N..., Hq): adds -slope * |i - j|. softcap > 0:
-    scores = softcap * tanh(scores / softcap) before ALiBi and masks. return_lse=True also returns the log-sum-exp,
+    scores = softcap * tanh(scores / softcap) before ALiBi and masks. sinks (Hq,): attention sinks (GPT-OSS), one
+    extra logit per query head in every row's softmax whose probability leaves the output (no value vector); the
+    lse includes it, and a sinks tensor that requires grad gets its gradient. return_lse=True also returns the log-sum-exp,
     fp32, natural log, shape (N..., Hq, L). Rows that attend no key give 0 (and lse -inf, zero gradients), never NaN.
     Dropout on mfa_torch's kernels uses mfa_torch's counter-based keep mask, not PyTorch's RNG stream.
     Tensor subclasses with their own __torch_function__ (and nested tensors) go to PyTorch's function unchanged.
     """
     request, route = _sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
-                                   alibi_slopes, softcap, return_lse)
+                                   alibi_slopes, softcap, sinks, return_lse)
     if request is None:
         return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     if route.name == "torch-sdpa":
@@ -235,10 +251,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 
 def explain(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
-            window_size=None, alibi_slopes=None, softcap=0.0, return_lse=False):
+            window_size=None, alibi_slopes=None, softcap=0.0, sinks=None, return_lse=False):
     """Which route scaled_dot_product_attention would take for these arguments, and why (a short string)."""
     return str(_sdpa_request(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window_size,
-                             alibi_slopes, softcap, return_lse)[1])
+                             alibi_slopes, softcap, sinks, return_lse)[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,7 +301,7 @@ def _flash_run(call, route, return_attn_probs, with_probs, finish):
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, s_aux=None):
     """FlashAttention's flash_attn_func: q (B, Sq, H, D), k/v (B, Sk, Hk, D/Dv), H a multiple of Hk.
 
     Causal and windows are aligned to the bottom right. Returns out (B, Sq, H, Dv); with return_attn_probs=True
@@ -293,7 +309,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     probabilities with the dropped ones negated; without dropout, None. window_size: any pair of ints (or a
     2-element integer tensor). Dropout uses mfa_torch's counter-based keep mask (the backward regenerates it), not
     PyTorch's RNG stream. `deterministic` is accepted for compatibility: mfa_torch's backward is always
-    deterministic.
+    deterministic. s_aux (H,): attention sinks, as `sinks` of scaled_dot_product_attention.
     """
     check_float_tensors(q=q, k=k, v=v)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -305,6 +321,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     _check_heads(H, k.shape[2], v.shape[2], True, ("q", "k", "v"))
     dropout_p, scale, window, softcap = _flash_options(dropout_p, softmax_scale, causal, window_size, softcap, D)
     alibi = None if alibi_slopes is None else _check_alibi(alibi_slopes, q, {(H,), (B, H)}, f"({H},) or ({B}, {H})")
+    sinks = None if s_aux is None else _check_sinks(s_aux, q, H, "s_aux")
     Sk = k.shape[1]
     with_probs = _check_attn_probs(return_attn_probs, dropout_p, (B, H, Sq, Sk))
     torch_lacks = [name for name, wanted in (
@@ -312,9 +329,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         ("bottom-right causal alignment with seqlen_q != seqlen_k", causal and Sq != Sk),
         ("alibi_slopes", alibi is not None),
         ("softcap", softcap > 0),
+        ("s_aux (attention sinks)", sinks is not None),
         ("return_attn_probs (log-sum-exp)", return_attn_probs)) if wanted]
     call = AttentionCall(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), alibi=alibi, scale=scale,
-                         window=window, bottom_right=True, softcap=softcap, dropout_p=dropout_p,
+                         window=window, bottom_right=True, softcap=softcap, dropout_p=dropout_p, sinks=sinks,
                          lse_wanted=return_attn_probs)
     route = _route(call, torch_lacks, metal_attention.metal_lacks(q.dtype, D, v.shape[3]))
     if route.name == "torch-sdpa":
@@ -336,13 +354,14 @@ def _check_cu_seqlens(name, cu, device):
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None):
+                           deterministic=False, return_attn_probs=False, block_table=None, *, s_aux=None):
     """FlashAttention's varlen API: sequences packed along dim 0, q (total_q, H, D), k/v (total_k, Hk, D/Dv),
     cu_seqlens int32 (batch + 1,) starting at 0. Each sequence attends within itself, causal and windows
     aligned to its bottom right. Returns out (total_q, H, Dv); with return_attn_probs=True
     (out, lse (H, total_q) fp32, S_dmask): with dropout, S_dmask is (batch, H, max_seqlen_q, max_seqlen_k), each
     sequence's probabilities (dropped ones negated) in its top-left corner and 0 elsewhere; without dropout, None.
-    Rows past cu_seqlens_q[-1] get 0. block_table (paged K/V caches) is not implemented yet: None only."""
+    Rows past cu_seqlens_q[-1] get 0. block_table (paged K/V caches) is not implemented yet: None only. s_aux (H,):
+    attention sinks, as in flash_attn_func."""
     require(block_table is None, "block_table (paged K/V caches) is not supported by mfa_torch yet: pass "
                                  "block_table=None with k and v as packed (total_k, Hk, D) tensors", NotImplementedError)
     check_float_tensors(q=q, k=k, v=v)
@@ -364,11 +383,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     batch = cu_seqlens_q.shape[0] - 1
     alibi = None if alibi_slopes is None else \
         _check_alibi(alibi_slopes, q, {(H,), (batch, H)}, f"({H},) or ({batch}, {H})")
+    sinks = None if s_aux is None else _check_sinks(s_aux, q, H, "s_aux")
     with_probs = _check_attn_probs(return_attn_probs, dropout_p, (batch, H, int(max_seqlen_q), int(max_seqlen_k)))
     canonical = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
     call = AttentionCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
                          max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window,
-                         bottom_right=True, softcap=softcap, dropout_p=dropout_p, lse_wanted=return_attn_probs)
+                         bottom_right=True, softcap=softcap, dropout_p=dropout_p, sinks=sinks,
+                         lse_wanted=return_attn_probs)
     route = _route(call, ["varlen (cu_seqlens)"], metal_attention.metal_lacks(q.dtype, D, v.shape[2]))
     result = _flash_run(call, route, return_attn_probs, with_probs, lambda out: out[0].transpose(0, 1).contiguous())
     return (result[0], result[1][0], result[2]) if return_attn_probs else result

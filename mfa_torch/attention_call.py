@@ -14,23 +14,23 @@ def log_sum_exp(stats):
 
 class AttentionCall:
     """Canonical arguments of mfa::attention_forward: q (B, Hq, L, E), k (B, Hk, S, E), v (B, Hk, S, Ev) (views of
-    the caller's tensors), the optional mask, ALiBi slopes and varlen offsets, and the options. `lse_wanted`: the
+    the caller's tensors), the optional mask, ALiBi slopes, varlen offsets and sinks, and the options. `lse_wanted`: the
     caller returns the log-sum-exp (a route that cannot give it cannot take the call)."""
 
     def __init__(self, q, k, v, *, mask=None, alibi=None, cu_q=None, cu_k=None, max_q=None, max_k=None, scale,
-                 window=(-1, -1), bottom_right=False, softcap=0.0, dropout_p=0.0, lse_wanted=False):
+                 window=(-1, -1), bottom_right=False, softcap=0.0, dropout_p=0.0, sinks=None, lse_wanted=False):
         self.q, self.k, self.v, self.mask, self.alibi, self.cu_q, self.cu_k = q, k, v, mask, alibi, cu_q, cu_k
         self.max_q = q.shape[2] if max_q is None else max_q
         self.max_k = k.shape[2] if max_k is None else max_k
         self.scale, (self.left, self.right), self.bottom_right = scale, window, bottom_right
-        self.softcap, self.dropout_p, self.lse_wanted = softcap, dropout_p, lse_wanted
+        self.softcap, self.dropout_p, self.sinks, self.lse_wanted = softcap, dropout_p, sinks, lse_wanted
         self.stats = self.seed = None  # of an ops run: the softmax stats and the dropout seed
 
     @property
     def needs_grad(self):
         """Whether autograd will differentiate this call (a route without a backward cannot take it)."""
         return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (self.q, self.k, self.v,
-                                                                                            self.mask))
+                                                                                            self.mask, self.sinks))
 
     def op_args(self):
         return (self.q, self.k, self.v, self.mask, self.alibi, self.cu_q, self.cu_k, self.max_q, self.max_k,
@@ -44,7 +44,7 @@ class AttentionCall:
         # torch.manual_seed reproduces it; a tensor keeps the draw traceable by torch.compile.
         self.seed = torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64),
                                  torch.zeros((), dtype=torch.int64)]) if self.dropout_p > 0 else None
-        out, self.stats = torch.ops.mfa.attention_forward(*self.op_args(), self.seed)
+        out, self.stats = torch.ops.mfa.attention_forward(*self.op_args(), self.seed, self.sinks)
         return out, log_sum_exp(self.stats)
 
     def dropped_probabilities(self):

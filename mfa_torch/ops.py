@@ -61,6 +61,15 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
                "dropout_seed must be an int64 CPU tensor (seed, offset) when dropout_p > 0")
 
 
+def _check_sinks(sinks, q):
+    if sinks is not None:
+        _check(tuple(sinks.shape) == (q.shape[1],), f"sinks must have shape ({q.shape[1]},), one logit per query "
+                                                    f"head, got {tuple(sinks.shape)}")
+        _check(sinks.dtype == reference.stats_dtype(q.dtype),
+               f"sinks must have dtype {reference.stats_dtype(q.dtype)} (the stats' dtype), got {sinks.dtype}")
+        _check(sinks.device == q.device, f"sinks is on {sinks.device} but q is on {q.device}")
+
+
 def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
     """Checks of the varlen offsets' values, which only a running kernel can read (not fake tensors)."""
     if cu_q is None:
@@ -78,9 +87,11 @@ def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
 
 @torch.library.register_fake("mfa::attention_forward")
 def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                            scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed):
+                            scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed,
+                            sinks=None):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
+    _check_sinks(sinks, q)
     B, Hq, L, _ = q.shape
     return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, 2, dtype=reference.stats_dtype(q.dtype))
 
@@ -136,18 +147,19 @@ def _gemm_fake(a, b, bias):
 # "emulator") and otherwise runs the reference route.
 def _attention_forward_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                              dropout_seed):
+                              dropout_seed, sinks=None):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
+    _check_sinks(sinks, q)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
     route = routing.kernel_route(q.device, metal_attention.metal_lacks(q.dtype, q.shape[3], v.shape[3]))
     if route is not None:
         return metal_attention.forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, dropout_seed)
+                                       dropout_p, dropout_seed, sinks)
     return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, dropout_seed)
+                                       dropout_p, dropout_seed, sinks)
 
 
 def _attention_backward_kernel(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
@@ -185,7 +197,7 @@ for _op, _kernel in (("mfa::attention_forward", _attention_forward_kernel),
 
 _ATTENTION_OPTIONS = ("mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
                       "scale", "window_left", "window_right", "bottom_right", "softcap", "dropout_p",
-                      "dropout_seed")
+                      "dropout_seed", "sinks")
 
 
 def _attention_setup_context(ctx, inputs, output):
@@ -196,20 +208,33 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.mask_grad = mask is not None and mask.requires_grad
     ctx.options = {name: value for name, value in options.items() if not isinstance(value, torch.Tensor)}
     ctx.save_for_backward(q, k, v, out, stats, mask, options["alibi_slopes"], options["cu_seqlens_q"],
-                          options["cu_seqlens_k"], options["dropout_seed"])
+                          options["cu_seqlens_k"], options["dropout_seed"], options.get("sinks"))
     ctx.mark_non_differentiable(stats)  # like FlashAttention's log-sum-exp: an auxiliary output
     ctx.backend = routing.get_backend()
 
 
+def _sinks_gradient(sinks, grad_out, out, stats):
+    """d loss / d sinks[h] = -sum over the rows of head h of p_sink * rowsum(dO * O): the sink's value is 0, so its
+    score gradient is p_sink (0 - D) with D = rowsum(dO * O) (FlashAttention's D). Rows attending nothing give 0."""
+    row_max, row_sum = stats.unbind(-1)
+    attended = row_sum > 0
+    shift = torch.where(attended, row_max, torch.zeros_like(row_max))
+    p_sink = torch.where(attended, torch.exp(sinks.view(1, -1, 1) - shift) / torch.where(attended, row_sum, 1), 0)
+    delta = (grad_out.to(stats.dtype) * out.to(stats.dtype)).sum(-1)
+    return -(p_sink * delta).sum((0, 2))
+
+
 def _attention_backward(ctx, grad_out, _grad_stats):
-    q, k, v, out, stats, mask, alibi, cu_q, cu_k, seed = ctx.saved_tensors
+    q, k, v, out, stats, mask, alibi, cu_q, cu_k, seed, sinks = ctx.saved_tensors
     o = ctx.options
     with routing.pinned_backend(ctx.backend):
         dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
             grad_out.contiguous(), q, k, v, out, stats, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
             o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"], seed,
             ctx.mask_grad)
-    return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 1)
+    wants_dsinks = sinks is not None and ctx.needs_input_grad[3 + _ATTENTION_OPTIONS.index("sinks")]
+    dsinks = _sinks_gradient(sinks, grad_out, out, stats) if wants_dsinks else None
+    return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 2) + (dsinks,)
 
 
 torch.library.register_autograd("mfa::attention_forward", _attention_backward,

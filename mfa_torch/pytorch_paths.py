@@ -97,7 +97,9 @@ def obstacles(call):
     """{route: why it cannot take the call, or None}."""
     L, S, E, Ev = call.q.shape[2], call.k.shape[2], call.q.shape[3], call.v.shape[3]
     empty = "empty sizes" if 0 in (call.q.shape[0], call.q.shape[1], call.k.shape[1], L, S, E, Ev) else None
-    common = empty or ("varlen (cu_seqlens)" if call.cu_q is not None else None)
+    common = empty or ("varlen (cu_seqlens)" if call.cu_q is not None else None) or \
+        ("attention sinks (neither flex_attention nor SDPA has an extra logit per row)" if call.sinks is not None
+         else None)
     device = call.q.device.type
     flex = common or next((why for why, applies in (
         ("an attn_mask (flex_attention takes masks as functions)", call.mask is not None),

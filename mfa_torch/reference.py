@@ -175,12 +175,14 @@ def _probabilities(s, row_max, row_sum):
     return torch.where(attended, torch.exp(s - shift) / torch.where(attended, row_sum.unsqueeze(-1), 1), 0)
 
 
-def _forward_dense(pb):
-    """Returns out (B, Hq, L, Ev) and the softmax stats (B, Hq, L, 2), both in the accumulation dtype."""
+def _forward_dense(pb, sinks):
+    """Returns out (B, Hq, L, Ev) and the softmax stats (B, Hq, L, 2), both in the accumulation dtype; sinks (Hq,)
+    or None: one more logit per row, without a value vector."""
     B, Hk, G, L = pb.B, pb.Hk, pb.G, pb.L
     Ev = pb.v.shape[-1]
     out = torch.zeros(B, Hk, G, L, Ev, dtype=pb.acc, device=pb.q.device)
     stats = _no_keys((B, Hk, G, L), pb.acc, pb.q.device)
+    sink = None if sinks is None else sinks.to(pb.acc).view(1, Hk, G, 1)
     for i0 in range(0, L, pb.block_q):
         i1 = min(i0 + pb.block_q, L)
         row_max = torch.full((B, Hk, G, i1 - i0), float("-inf"), dtype=pb.acc, device=pb.q.device)
@@ -198,6 +200,12 @@ def _forward_dense(pb):
             if keep is not None:
                 p = p * keep
             acc.mul_(correction.unsqueeze(-1)).add_(_matmul(p, pb.v[:, :, :, j0:j1].to(pb.acc)))
+            row_max = new_max
+        if sinks is not None:  # the sink joins the row's scores last, as one more key block would
+            new_max = torch.maximum(row_max, sink)
+            correction = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), torch.exp(row_max - new_max))
+            row_sum = row_sum * correction + torch.exp(sink - new_max)
+            acc.mul_(correction.unsqueeze(-1))
             row_max = new_max
         attended = row_sum > 0
         acc.div_(torch.where(attended, row_sum, torch.ones_like(row_sum)).unsqueeze(-1))
@@ -286,14 +294,14 @@ def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bot
 
 
 def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                      scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed):
+                      scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None):
     B, Hq, L, _ = q.shape
     out = torch.zeros(B, Hq, L, v.shape[-1], dtype=q.dtype, device=q.device)
     stats = _no_keys((B, Hq, L), stats_dtype(q.dtype), q.device)
     for rows, _, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
                                     dropout_p, dropout_seed):
-        o, row_stats = _forward_dense(pb)
+        o, row_stats = _forward_dense(pb, sinks)
         out[:, :, rows] = o.to(q.dtype)
         stats[:, :, rows] = row_stats
     return out, stats

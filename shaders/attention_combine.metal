@@ -9,6 +9,10 @@ using namespace metal;
 #include "attention_params.h"
 #include "attention_softmax.h"
 
+#ifndef MFA_SINKS
+#error "MFA_SINKS says whether the rows' softmax takes the sinks (attention_params.h)"
+#endif
+
 // A split's sum rescaled to the row's max (the forward's own correction); 0 for a split with sum 0.
 inline float split_weight(float2 split, float row_max) {
   return split.y > 0.0f ? split.y * attention_exp(split.x, row_max) : 0.0f;
@@ -21,6 +25,7 @@ kernel void attention_combine(device const float* partial_out [[buffer(MFA_ATTN_
                               device MFA_T* out [[buffer(MFA_ATTN_OUT)]],
                               device float2* stats [[buffer(MFA_ATTN_STATS)]],
                               constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
+                              device const float* sinks [[buffer(MFA_ATTN_SINKS)]],
                               uint3 group [[threadgroup_position_in_grid]],
                               ushort lane [[thread_index_in_simdgroup]]) {
   long q_first = 0;
@@ -40,7 +45,13 @@ kernel void attention_combine(device const float* partial_out [[buffer(MFA_ATTN_
     const float2 split = partial_stats[first + s];
     if (split.y > 0.0f) row_max = max(row_max, split.x);
   }
+#if MFA_SINKS  // the sink joins as one more split with no output: its weight is in the sum only
+  const float sink = sinks[group.y];
+  row_max = max(row_max, sink);
+  float row_sum = attention_exp(sink, row_max);
+#else
   float row_sum = 0.0f;
+#endif
   for (uint s = 0; s < p.num_splits; s++) row_sum += split_weight(partial_stats[first + s], row_max);
   const float inv_sum = attention_inverse_sum(row_sum);
   for (uint d = lane; d < p.value_dim; d += 32) {

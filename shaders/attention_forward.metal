@@ -13,7 +13,7 @@
 // Defines (chosen by csrc/attention/forward_plan.cpp): MFA_T (input type), MFA_HEAD_DIM / MFA_VALUE_DIM (E, Ev
 // rounded up to 8), MFA_BLOCK_Q (8 * SIMD-groups), MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
 // (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT,
-// MFA_STREAM_Q.
+// MFA_STREAM_Q, MFA_SINKS (each row's softmax takes its head's sink; split-KV: the combine adds it).
 #include <metal_stdlib>
 using namespace metal;
 #include "operand_tiles.h"
@@ -47,6 +47,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               device float2* stats [[buffer(MFA_ATTN_STATS)]],
                               constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
                               device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
+                              device const float* sinks [[buffer(MFA_ATTN_SINKS)]],
                               uint3 group [[threadgroup_position_in_grid]],
                               uint3 groups [[threadgroups_per_grid]],
                               ushort sg [[simdgroup_index_in_threadgroup]],
@@ -169,6 +170,11 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
 #endif
   if (!row_valid) return;
+#if MFA_SINKS && !MFA_SPLIT_KV  // split-KV: the combine adds the sink once per row
+  const float sink_correction = attention_add_sink(row_max, row_sum, sinks[row.head]);
+  #pragma clang loop unroll(full)
+  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d].thread_elements() *= sink_correction;
+#endif
   // Rows that attend nothing (or whose scores hold a NaN): output 0 (NaN) and stats (-inf, 0).
   const float inv_sum = attention_inverse_sum(row_sum);
 #if MFA_SPLIT_KV

@@ -30,6 +30,7 @@
 #define MFA_ATTN_DK 16
 #define MFA_ATTN_DV 17
 #define MFA_ATTN_DMASK 18         // float (B, Hq, L, S) when MFA_MASK_GRAD: the score gradient
+#define MFA_ATTN_SINKS 19         // float (Hq,) when MFA_SINKS: attention sinks (forward and combine)
 
 // Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores).
 #define MFA_MASK_NONE 0
@@ -42,6 +43,9 @@
 #define MFA_SCORE_SOFTCAP 1
 #define MFA_SCORE_ALIBI 2
 #define MFA_SCORE_DROPOUT 4
+
+// MFA_SINKS (forward and split-KV combine): 1 when every row's softmax takes one more logit, the sink of its query
+// head, with no value vector. The stats then include it, so the backward kernels need nothing of it.
 
 #define MFA_DKDV_DV 1
 #define MFA_DKDV_DK 2

@@ -38,3 +38,13 @@ inline float2 attention_row_softmax(float2 stats) {
 inline float attention_probability(float score, bool allowed, float2 row_softmax) {
   return !allowed || row_softmax.y == 0.0f ? 0.0f : attention_exp(score, row_softmax.x) * row_softmax.y;
 }
+
+// Adds the logit `sink` to a row's (max, sum) as one more key with no value: returns the factor by which the row's
+// unnormalised output must be rescaled (0 for a row that had attended nothing).
+inline float attention_add_sink(thread float& row_max, thread float& row_sum, float sink) {
+  const float new_max = max(row_max, sink);
+  const float correction = row_sum > 0.0f ? attention_exp(row_max, new_max) : 0.0f;
+  row_sum = row_sum * correction + attention_exp(sink, new_max);
+  row_max = new_max;
+  return correction;
+}

@@ -194,6 +194,14 @@ def _safe_softmax_lse(s: torch.Tensor):
     return p, lse.squeeze(-1)
 
 
+def _with_sink_column(s: torch.Tensor, sinks: Optional[torch.Tensor]) -> torch.Tensor:
+    """Scores (..., Hq, L, S) with the sinks (Hq,) appended as column S of every row (or unchanged)."""
+    if sinks is None:
+        return s
+    column = sinks.to(s.dtype).view(-1, 1, 1).expand(*s.shape[:-1], 1)
+    return torch.cat([s, column], dim=-1)
+
+
 def attention_fp64(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -208,6 +216,7 @@ def attention_fp64(
     dropout_keep: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     align: Optional[str] = None,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """Naive fp64 attention. Returns (out, lse), both float64.
 
@@ -221,7 +230,8 @@ def attention_fp64(
     -slope * |i + off - j| with the same alignment. softcap > 0: s = softcap * tanh(s / softcap) on the
     scaled scores, before alibi and masks. dropout_keep: bool keep mask broadcastable to the scores;
     kept probabilities are scaled by 1 / (1 - dropout_p); lse is unaffected by dropout.
-    Rows no key may attend: out 0, lse -inf, zero gradients.
+    sinks (Hq,): one more score column per row, sinks[h], whose probability is dropped before the value product.
+    Rows no key may attend: out 0, lse -inf (or the sink), zero gradients.
     """
     a = _resolve_align(causal, align)
     q64, k64, v64 = q.double(), k.double(), v.double()
@@ -243,7 +253,8 @@ def attention_fp64(
             s = s + mask.double()
     ok = allowed_mask(L, S, causal=causal, window=window, align=a, device=s.device)
     s = s.masked_fill(~ok, float("-inf"))
-    p, lse = _safe_softmax_lse(s)
+    p, lse = _safe_softmax_lse(_with_sink_column(s, sinks))
+    p = p if sinks is None else p[..., :-1]
     if dropout_keep is not None:
         p = p * dropout_keep.to(p.device, torch.float64) / (1.0 - dropout_p)
     out = torch.matmul(p, v64)
@@ -264,6 +275,7 @@ def torch_attention_same_dtype(
     dropout_keep=None,
     dropout_p: float = 0.0,
     align=None,
+    sinks=None,
 ):
     """PyTorch's own implementation run in q.dtype: the yardstick of the tolerance rule.
 
@@ -271,7 +283,8 @@ def torch_attention_same_dtype(
     is fp32 (from the scores computed in q.dtype; not differentiable-tested).
     Without softcap/dropout: torch.nn.functional.scaled_dot_product_attention with the features it lacks
     (window, ALiBi, bottom-right causal) folded into a materialised float mask in q.dtype. With softcap or
-    a given dropout keep mask (not expressible through SDPA): the composite math in q.dtype with torch ops.
+    a given dropout keep mask or sinks (not expressible through SDPA): the composite math in q.dtype with torch ops
+    (sinks as one more score column, dropped after the softmax, as GPT-OSS's eager attention does).
     """
     dt = q.dtype
     a = _resolve_align(causal, align)
@@ -293,8 +306,9 @@ def torch_attention_same_dtype(
         s_lp = s_lp + struct
         if user_float_mask is not None:
             s_lp = s_lp + user_float_mask.detach().to(dt)
-        lse = torch.logsumexp(s_lp.float(), dim=-1) if S > 0 else s_lp.float().new_full(s_lp.shape[:-1], float("-inf"))
-    if not (softcap and softcap > 0) and dropout_keep is None:
+        s_lp = _with_sink_column(s_lp, None if sinks is None else sinks.detach().to(dt))
+        lse = torch.logsumexp(s_lp.float(), dim=-1) if s_lp.shape[-1] > 0 else s_lp.float().new_full(s_lp.shape[:-1], float("-inf"))
+    if not (softcap and softcap > 0) and dropout_keep is None and sinks is None:
         full = struct if user_float_mask is None else struct + user_float_mask
         out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=full, scale=scale)
         return out, lse
@@ -304,8 +318,10 @@ def torch_attention_same_dtype(
     s = s + struct
     if user_float_mask is not None:
         s = s + user_float_mask
+    s = _with_sink_column(s, None if sinks is None else sinks.to(dt))
     dead = torch.isneginf(s).all(dim=-1, keepdim=True)
     p = torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    p = p if sinks is None else p[..., :-1]
     if dropout_keep is not None:
         p = p * dropout_keep.to(dt) / (1.0 - dropout_p)
     out = torch.matmul(p, vv)

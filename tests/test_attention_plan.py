@@ -108,11 +108,12 @@ def test_the_tile_counter_is_a_debug_temporary():
 def test_unused_buffers_are_bound_and_present_ones_by_name():
     plain = _C.plan_attention_forward(problem()).launches[0]
     assert {a.index: a.tensor for a in plain.arguments if a.tensor} == {
-        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q"}
+        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q", 19: "q"}
     assert [a.index for a in plain.arguments if not a.tensor] == [9]  # the params struct, as bytes
-    full = _C.plan_attention_forward(problem(mask="bool", has_alibi=True)).launches[0]
+    full = _C.plan_attention_forward(problem(mask="bool", has_alibi=True, has_sinks=True)).launches[0]
     assert {a.index: a.tensor for a in full.arguments}[3] == "mask"
     assert {a.index: a.tensor for a in full.arguments}[4] == "alibi"
+    assert {a.index: a.tensor for a in full.arguments}[19] == "sinks"
     assert dict(full.defines)["MFA_MASK_T"] == "uchar"
 
 

@@ -89,7 +89,7 @@ SHADERS = sorted(p.name for p in shader_dir().glob("*.metal"))
 
 
 _FEATURES = {"MFA_MASK_KIND": "2", "MFA_MASK_GRAD": "1", "MFA_SPLIT_KV": "1", "MFA_SPLIT_K": "1",
-             "MFA_COUNT_TILES": "1", "MFA_SCORE_FEATURES": "7"}
+             "MFA_COUNT_TILES": "1", "MFA_SCORE_FEATURES": "7", "MFA_SINKS": "1"}
 
 
 def _richest_variant(shader):

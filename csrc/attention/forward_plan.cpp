@@ -35,6 +35,8 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   const AttentionParams params = attention_params(prob, splits, blocks_per_split);
   const std::string type = attention_metal_type(prob.dtype, "q");
   const bool split = splits > 1;
+  const char* const sinks = prob.has_sinks ? "1" : "0";
+  const Argument sinks_argument = tensor_argument(MFA_ATTN_SINKS, bound_or_q(prob.has_sinks, "sinks"));
   if (split) {
     const int64_t partial_rows = prob.batch * prob.q_heads * prob.q_len * splits;
     plan.temporaries.push_back({"partial_out", "float32", partial_rows * prob.value_dim});
@@ -46,7 +48,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   Launch forward = attention_kernel_launch(
       prob, "attention_forward",
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
-       {"MFA_SPLIT_KV", split ? "1" : "0"}, {"MFA_STREAM_Q", stream_q ? "1" : "0"}},
+       {"MFA_SPLIT_KV", split ? "1" : "0"}, {"MFA_STREAM_Q", stream_q ? "1" : "0"}, {"MFA_SINKS", sinks}},
       {uint64_t(query_blocks), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
   forward.registers = forward_registers(shape, stream_q);
   forward.threadgroup_memory = uint64_t(blocks.block_k * tile_dim * element_bytes);  // the K/V tile in the input type
@@ -55,13 +57,14 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   }
   forward.arguments = attention_kernel_arguments(prob, params, split ? "partial_stats" : "stats", "tile_count");
   forward.arguments.push_back(tensor_argument(MFA_ATTN_OUT, split ? "partial_out" : "out"));
+  forward.arguments.push_back(sinks_argument);
   plan.launches.push_back(forward);
 
   if (split) {
     Launch combine;
     combine.shader = "attention_combine.metal";
     combine.kernel = "attention_combine";
-    combine.defines = {{"MFA_T", type}};
+    combine.defines = {{"MFA_T", type}, {"MFA_SINKS", sinks}};
     combine.threadgroups = {uint64_t(rows), uint64_t(prob.q_heads), uint64_t(sequences)};
     combine.threads_per_threadgroup = {32, 1, 1};
     combine.arguments = {tensor_argument(MFA_ATTN_PARTIAL_OUT, "partial_out"),
@@ -69,7 +72,8 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
                          tensor_argument(MFA_ATTN_CU_Q, bound_or_q(varlen, "cu_seqlens_q")),
                          tensor_argument(MFA_ATTN_OUT, "out"),
                          tensor_argument(MFA_ATTN_STATS, "stats"),
-                         bytes_argument(MFA_ATTN_PARAMS, params)};
+                         bytes_argument(MFA_ATTN_PARAMS, params),
+                         sinks_argument};
     plan.launches.push_back(combine);
   }
   return plan;

@@ -29,6 +29,7 @@ struct AttentionProblem {
   bool grad_out_aligned = false;  // the backward's dO (dense (B, Hq, L, Ev))
   bool has_alibi = false;
   int64_t alibi_batch_stride = 0;
+  bool has_sinks = false;  // "sinks" (Hq,) float: the forward adds them to every row's softmax (MFA_SINKS)
   int64_t num_sequences = 0;  // > 0: varlen (batch 1, cu_seqlens with num_sequences + 1 entries)
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;
   double scale = 1.0;

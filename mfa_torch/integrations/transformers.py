@@ -21,14 +21,11 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
                       sliding_window=None, softcap=None, position_bias=None, **kwargs):
     """transformers' attention-function protocol; returns (output (B, S, H, D) contiguous, None).
 
-    sliding_window needs no work here: sdpa_mask builds the window into attention_mask for every call where
+    s_aux (GPT-OSS's attention sinks, one logit per head) becomes sinks. sliding_window needs no work here: sdpa_mask builds the window into attention_mask for every call where
     it excludes a key, and skips the mask only when all keys lie inside the window. Passing it on as
     window_size would be wrong during decoding, where query 0 of the call is not key position 0.
     """
     # Extras that change the result and that mfa_torch cannot honour: refused, never silently dropped.
-    if kwargs.get("s_aux") is not None:
-        raise NotImplementedError('attn_implementation="mfa" does not support attention sinks (s_aux), which '
-                                  f'{type(module).__name__} uses; use attn_implementation="eager"')
     if kwargs.get("output_attentions"):
         raise NotImplementedError('attn_implementation="mfa" does not return attention weights '
                                   '(output_attentions=True); use attn_implementation="eager"')
@@ -40,7 +37,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         causal = False
     out = _attention.scaled_dot_product_attention(
         query, key, value, attention_mask, dropout, causal, scaling, enable_gqa=query.shape[1] != key.shape[1],
-        softcap=softcap or 0.0)
+        softcap=softcap or 0.0, sinks=kwargs.get("s_aux"))  # s_aux: GPT-OSS's attention sinks (H,)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -60,13 +60,17 @@ def _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, botto
 
 
 def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
-            window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, *, family=None,
+            window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None, *, family=None,
             count_tiles=False, checks=None):
-    """mfa::attention_forward on the Metal route. Debug keywords: family (block tables of that GPU family),
-    count_tiles (also return the key/value tiles each threadgroup computed), checks (emulator checking mode)."""
+    """mfa::attention_forward on the Metal route (sinks: float32 (Hq,) or None). Debug keywords: family (block
+    tables of that GPU family), count_tiles (also return the key/value tiles each threadgroup computed), checks
+    (emulator checking mode)."""
     problem, tensors = _prepare(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
                                 dropout_seed, family, count_tiles)
+    if sinks is not None:
+        problem.has_sinks = True
+        tensors["sinks"] = sinks.contiguous()
     plan = _C.plan_attention_forward(problem)
     B, Hq, L, _ = q.shape
     if cu_seqlens_q is None:

@@ -3,7 +3,7 @@ launch plans over a grid of problems and every GPU family, so that checks over "
 end, the expanded-source tests) follow the planners instead of a hand-written list.
 
 The grid is a covering, not a cross product: every dtype against every mask kind, split and unsplit, with and
-without tile counting and mask gradients; every combination of score features; every rounded head dim; and
+without tile counting and mask gradients; every combination of score features; sinks; every rounded head dim; and
 query/key lengths short enough to shrink the blocks below their table sizes. A test
 (tests/emulator/test_strict_front_end.py) checks that it reaches every define value and block-table row a much
 wider sweep of the planners reaches.
@@ -37,7 +37,7 @@ class Variant:
 
 
 def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_dim=64, q_len=64, kv_len=64,
-                      q_heads=8, kv_heads=2, count_tiles=False, score_features=0):
+                      q_heads=8, kv_heads=2, count_tiles=False, score_features=0, sinks=False):
     """A problem of one batch; score_features: a sum of SOFTCAP, ALIBI and DROPOUT switches those features on."""
     p = _C.AttentionProblem()
     p.family, p.dtype, p.mask, p.count_tiles = family, dtype, mask, count_tiles
@@ -51,6 +51,7 @@ def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_d
         p.has_alibi = True
     if score_features & DROPOUT:
         p.dropout_p = 0.25
+    p.has_sinks = sinks
     return p
 
 
@@ -78,6 +79,9 @@ def _attention_grid(family):
             yield attention_problem(family, dtype, mask, value_dim=48)
     for features in SCORE_FEATURES:
         yield attention_problem(family, score_features=features)
+    for dtype in DTYPES:  # sinks, in the forward and in the split-KV combine
+        yield attention_problem(family, dtype, sinks=True)
+        yield attention_problem(family, dtype, **decode, sinks=True)
     for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
         yield attention_problem(family, head_dim=dim, value_dim=dim)
     for dtype in DTYPES:  # operands streamed and dK/dV split where registers run short, per tile type

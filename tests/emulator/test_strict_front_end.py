@@ -54,6 +54,9 @@ def _wide_sweep_plans():
                     family, dtype, mask, 64, 64, q_len, kv_len, q_heads, kv_heads, count))
         for dtype, mask, features in itertools.product(variants.DTYPES, variants.MASKS, variants.SCORE_FEATURES):
             yield from variants.attention_plans(variants.attention_problem(family, dtype, mask, score_features=features))
+        for dtype, q_len, sinks in itertools.product(variants.DTYPES, (1, 64), (False, True)):
+            yield from variants.attention_plans(variants.attention_problem(family, dtype, q_len=q_len, kv_len=4096,
+                                                                           sinks=sinks))
         for dtype, m, n, k, aligned in itertools.product(variants.DTYPES, (1, 8, 64, 1000), (1, 8, 64, 1000),
                                                          (0, 1, 64, 4096, 100000), (False, True)):
             yield _C.plan_gemm(variants.gemm_problem(family, dtype, m, n, k, aligned=aligned))

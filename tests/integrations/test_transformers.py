@@ -25,6 +25,9 @@ MODELS = {
                                          attn_logit_softcapping=2.0, **kw), "eager"),
     "qwen3": (lambda **kw: Qwen3Config(**SMALL, head_dim=16, use_sliding_window=True, sliding_window=WINDOW,
                                        max_window_layers=1, **kw), "sdpa"),  # layer 0 full, layer 1 sliding
+    # attention sinks (s_aux) on sliding and full layers; transformers' "eager" path is its reference for sinks
+    "gpt-oss": (lambda **kw: GptOssConfig(**SMALL, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
+                                          sliding_window=WINDOW, **kw), "eager"),
 }
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
@@ -204,11 +207,16 @@ def test_t5_learned_position_bias_matches(calls):
     assert torch.equal(*tokens)
 
 
-def test_attention_sinks_are_refused():
-    config = GptOssConfig(**SMALL, head_dim=16, num_local_experts=2, num_experts_per_tok=1)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="mfa")
-    with pytest.raises(NotImplementedError, match="attention sinks"):
-        model(torch.randint(0, 128, (1, 5)))
+def test_attention_sinks_reach_the_kernels(calls):
+    """GPT-OSS's sinks go to mfa_torch as sinks (one per query head), and they change the result."""
+    model, _ = build("gpt-oss")
+    ids, mask = batch(padded=False)
+    with_sinks = logits(model, "mfa", ids, mask)
+    assert calls and all(c["sinks"] is not None and c["sinks"].shape == (SMALL["num_attention_heads"],)
+                         for c in calls)
+    for layer in model.model.layers:
+        layer.self_attn.sinks.data.fill_(-1e4)  # a sink this low takes no probability
+    assert not torch.allclose(with_sinks, logits(model, "mfa", ids, mask), rtol=1e-3, atol=1e-3)
 
 
 def test_attention_weights_are_refused():
