@@ -96,3 +96,18 @@ def test_score_features_are_compiled_into_a_variant_only_when_switched_on(featur
         text = preprocess(_C.expanded_shader_source(launch.shader), launch.shader, defines, [])
         for bit, code in _FEATURE_CODE.items():
             assert (code in text) == bool(features & bit), (launch.kernel, features, code)
+
+
+@pytest.mark.parametrize("sinks", [False, True])
+def test_sinks_are_compiled_in_once_per_row_only_when_the_call_has_them(sinks):
+    """Unsplit, the forward adds the sink; split-KV, only the combine does (each split's stats are partial)."""
+    def has(launch, code):
+        return code in preprocess(_C.expanded_shader_source(launch.shader), launch.shader, dict(launch.defines), [])
+
+    (whole,) = _C.plan_attention_forward(variants.attention_problem("apple9", sinks=sinks)).launches
+    split, combine = _C.plan_attention_forward(
+        variants.attention_problem("apple9", q_len=1, kv_len=4096, sinks=sinks)).launches
+    assert (whole.kernel, split.kernel, combine.kernel) == ("attention_forward",) * 2 + ("attention_combine",)
+    assert has(whole, "attention_add_sink(row_max") == sinks
+    assert not has(split, "attention_add_sink(row_max")
+    assert has(combine, "sinks[group.y]") == sinks
