@@ -26,6 +26,9 @@ struct Temporary {
   int64_t numel = 0;
 };
 
+// Threadgroup memory every Apple GPU family gives a threadgroup (facts/metal.md).
+constexpr uint64_t kThreadgroupMemoryLimit = 32 * 1024;
+
 struct Launch {
   std::string shader;  // file under shaders/
   std::string kernel;  // kernel function name

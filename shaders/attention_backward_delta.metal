@@ -27,15 +27,14 @@ kernel void attention_backward_delta(device const MFA_T* grad_out [[buffer(MFA_A
   const int valid_rows = int(min(rows - row0, long(8)));
   const uint r = mfa_tile_row(lane), c = mfa_tile_col(lane);
 
-  simdgroup_float8x8 do_tiles[MFA_VALUE_DIM / 8];
-  mfa_load_row_tiles<MFA_VALUE_DIM>(do_tiles, grad_out + (row0 + r) * p.value_dim, int(r) < valid_rows, p.value_dim,
-                                    lane, false);
   simdgroup_float8x8 products = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
   #pragma clang loop unroll(full)
-  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
-    simdgroup_float8x8 o_t;
+  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {  // one dO tile at a time: Ev / 8 held tiles would spill at Ev = 512
+    simdgroup_float8x8 do_t, o_t;
+    mfa_load_row_tiles<8>(&do_t, grad_out + (row0 + r) * p.value_dim + d * 8, int(r) < valid_rows,
+                          p.value_dim - d * 8, lane, false);
     mfa_load_transposed_tile(o_t, out + row0 * p.value_dim, valid_rows, p.value_dim, d, lane);
-    simdgroup_multiply_accumulate(products, do_tiles[d], o_t, products);
+    simdgroup_multiply_accumulate(products, do_t, o_t, products);
   }
   // Each diagonal element (r, r) sits in exactly one lane.
   const float2 e = products.thread_elements();

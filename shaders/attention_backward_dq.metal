@@ -4,10 +4,12 @@
 // full, so each element of dmask belongs to exactly one (row, key).
 //
 // Grid and row packing as attention_forward: x = blocks of MFA_BLOCK_Q packed query rows (the query heads of one
-// GQA group share the K/V tiles), y = K/V head, z = batch (or sequence). The dQ accumulator stays in registers, and
+// GQA group share the K/V tiles) * column slices of dQ (MFA_SLICE_DIM, attention_params.h), y = K/V head, z = batch
+// (or sequence). The dQ accumulator (its slice) stays in registers, and
 // Q and dO as operand tiles unless the planner streams them from device memory (MFA_STREAM_Q, MFA_STREAM_DO: where
 // holding them would take too many registers); K and V tiles are copied together into threadgroup memory in the
-// input type (as attention_forward).
+// input type (as attention_forward). MFA_DP_FROM_DEVICE: V, used only in dP = dO V^T, is read from device memory
+// instead (float inputs whose two tiles would not fit in threadgroup memory).
 #include <metal_stdlib>
 using namespace metal;
 #include "operand_tiles.h"
@@ -20,6 +22,9 @@ using namespace metal;
 #endif
 
 constant constexpr uint THREADS = MFA_BLOCK_Q / 8 * 32;
+constant constexpr uint DQ_DIM = MFA_SLICE_DIM;
+constant constexpr uint SLICES = (MFA_HEAD_DIM + DQ_DIM - 1) / DQ_DIM;
+static_assert(DQ_DIM % 8 == 0 && DQ_DIM <= MFA_HEAD_DIM, "dQ slices are whole tiles");
 
 [[max_total_threads_per_threadgroup(MFA_BLOCK_Q / 8 * 32)]]
 kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
@@ -42,14 +47,17 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                   ushort lane [[thread_index_in_simdgroup]],
                                   ushort tid [[thread_index_in_threadgroup]]) {
   threadgroup uint4 k_storage[MFA_BLOCK_K * MFA_HEAD_DIM * sizeof(MFA_T) / 16];  // 16-byte aligned rows
-  threadgroup uint4 v_storage[MFA_BLOCK_K * MFA_VALUE_DIM * sizeof(MFA_T) / 16];
   threadgroup MFA_T* const k_tile = reinterpret_cast<threadgroup MFA_T*>(k_storage);
+#if !MFA_DP_FROM_DEVICE
+  threadgroup uint4 v_storage[MFA_BLOCK_K * MFA_VALUE_DIM * sizeof(MFA_T) / 16];
   threadgroup MFA_T* const v_tile = reinterpret_cast<threadgroup MFA_T*>(v_storage);
+#endif
   const uint seq = group.z, kv_head = group.y, G = p.group;
   const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
   const int packed_rows = sq.q_len * int(G);
-  const int row0 = int(group.x) * MFA_BLOCK_Q;
+  const int row0 = int(group.x / SLICES) * MFA_BLOCK_Q;
   if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
+  const uint dq_col0 = group.x % SLICES * DQ_DIM;  // this slice's first column of dQ (< head_dim)
   const int2 band = attention_key_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G));
   const int block_begin = band.x / MFA_BLOCK_K;
   const int block_end = band.x <= band.y ? band.y / MFA_BLOCK_K + 1 : block_begin;
@@ -71,9 +79,9 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       lane, p.wide_rows & 1u);
   const mfa_row_operand<MFA_VALUE_DIM, MFA_STREAM_DO> do_row_tiles(grad_out + q_row * p.value_dim, row_valid,
                                                                    p.value_dim, lane, p.wide_rows & 8u);
-  simdgroup_float8x8 dq_tiles[MFA_HEAD_DIM / 8];
+  simdgroup_float8x8 dq_tiles[DQ_DIM / 8];
   #pragma clang loop unroll(full)
-  for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  for (uint d = 0; d < DQ_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
@@ -81,9 +89,11 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k_rows + key0 * p.k_strides[2],
                                                                     p.k_strides[2], keys, p.head_dim, tid,
                                                                     p.wide_rows & 2u);
+#if !MFA_DP_FROM_DEVICE
     mfa_copy_rows<MFA_BLOCK_K, MFA_VALUE_DIM, MFA_VALUE_DIM, THREADS>(v_tile, v_rows + key0 * p.v_strides[2],
                                                                       p.v_strides[2], keys, p.value_dim, tid,
                                                                       p.wide_rows & 4u);
+#endif
     threadgroup_barrier(mem_flags::mem_threadgroup);
     const bool inside_band = attention_inside_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G),
                                                    key0, key0 + MFA_BLOCK_K - 1);
@@ -100,7 +110,12 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       #pragma clang loop unroll(full)
       for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
         mfa_operand_tile v_t;
+#if MFA_DP_FROM_DEVICE
+        mfa_load_device_operand_transposed(v_t, v_rows + (key0 + long(j) * 8) * p.v_strides[2], p.v_strides[2],
+                                           keys - int(j) * 8, p.value_dim, d, lane);
+#else
         mfa_load_operand(v_t, v_tile + j * 8 * MFA_VALUE_DIM + d * 8, MFA_VALUE_DIM, true, lane);
+#endif
         simdgroup_multiply_accumulate(dp_tile, do_row_tiles.tile(d), v_t, dp_tile);
       }
       thread float2& s = s_tile.thread_elements();
@@ -113,7 +128,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
         const float prob = attention_probability(score, allowed, row_softmax);
         const float ds = prob * (dp[t] * attention_dropout_factor(p, row, key) - row_delta);
 #if MFA_MASK_GRAD
-        if (row_valid && key < sq.kv_len) {
+        if (row_valid && key < sq.kv_len && dq_col0 == 0) {  // one slice writes each score's gradient
           dmask[long(row.batch) * p.mask_strides[0] + long(row.head) * p.mask_strides[1] +
                 long(row.query) * p.mask_strides[2] + long(key) * p.mask_strides[3]] = ds;
         }
@@ -121,9 +136,9 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
         s[t] = attention_dot_gradient(ds, s[t], p);
       }
       #pragma clang loop unroll(full)
-      for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {
+      for (uint d = 0; d < DQ_DIM / 8; d++) {
         mfa_operand_tile k_rows;
-        mfa_load_operand(k_rows, k_tile + j * 8 * MFA_HEAD_DIM + d * 8, MFA_HEAD_DIM, false, lane);
+        mfa_load_operand(k_rows, k_tile + j * 8 * MFA_HEAD_DIM + dq_col0 + d * 8, MFA_HEAD_DIM, false, lane);
         simdgroup_multiply_accumulate(dq_tiles[d], s_tile, k_rows, dq_tiles[d]);
       }
     }
@@ -132,5 +147,6 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
 #endif
   if (row_valid)  // dq is dense: with an even head dim every row begins on two elements
-    mfa_store_row_tiles<MFA_HEAD_DIM>(dq + q_row * p.head_dim, dq_tiles, 1.0f, p.head_dim, lane, (p.head_dim & 1u) == 0);
+    mfa_store_row_tiles<DQ_DIM>(dq + q_row * p.head_dim + dq_col0, dq_tiles, 1.0f, p.head_dim - dq_col0, lane,
+                                (p.head_dim & 1u) == 0);
 }

@@ -1,6 +1,7 @@
 // Fused attention forward (FlashAttention-2 online softmax), one kernel for every feature.
 //
-// Grid: x = blocks of MFA_BLOCK_Q packed query rows, y = K/V head, z = batch (or sequence) * key splits.
+// Grid: x = blocks of MFA_BLOCK_Q packed query rows * column slices of O, y = K/V head, z = batch (or sequence) * key
+// splits.
 // The query heads of one GQA group are packed into the rows of a threadgroup (row r -> query r / group,
 // head kv_head * group + r % group), so each K/V tile is loaded once for the whole group and short queries
 // (decoding) still fill the SIMD-groups. One SIMD-group owns 8 packed rows; the output accumulator stays in registers
@@ -11,7 +12,8 @@
 // Key blocks outside the causal/window band of the threadgroup's rows are never loaded.
 //
 // Defines (chosen by csrc/attention/forward_plan.cpp): MFA_T (input type), MFA_HEAD_DIM / MFA_VALUE_DIM (E, Ev
-// rounded up to 8), MFA_BLOCK_Q (8 * SIMD-groups), MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
+// rounded up to 8), MFA_SLICE_DIM (columns of O per threadgroup, attention_params.h), MFA_BLOCK_Q (8 * SIMD-groups),
+// MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
 // (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT,
 // MFA_STREAM_Q, MFA_SINKS (each row's softmax takes its head's sink; split-KV: the combine adds it).
 #include <metal_stdlib>
@@ -32,7 +34,10 @@ using namespace metal;
 
 constant constexpr uint SIMDGROUPS = MFA_BLOCK_Q / 8;
 constant constexpr uint THREADS = SIMDGROUPS * 32;
-constant constexpr uint TILE_STRIDE = MFA_HEAD_DIM > MFA_VALUE_DIM ? MFA_HEAD_DIM : MFA_VALUE_DIM;
+constant constexpr uint OUT_DIM = MFA_SLICE_DIM;  // a slice of O: its V columns are the only ones staged
+constant constexpr uint SLICES = (MFA_VALUE_DIM + OUT_DIM - 1) / OUT_DIM;
+constant constexpr uint TILE_STRIDE = MFA_HEAD_DIM > OUT_DIM ? MFA_HEAD_DIM : OUT_DIM;
+static_assert(OUT_DIM % 8 == 0 && OUT_DIM <= MFA_VALUE_DIM, "O slices are whole tiles");
 static_assert(MFA_BLOCK_K <= 128, "allowed_keys holds the 2 keys of each 8-key tile of a block in one uint");
 
 [[max_total_threads_per_threadgroup(MFA_BLOCK_Q / 8 * 32)]]
@@ -61,8 +66,9 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 
   const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
   const int packed_rows = sq.q_len * int(G);
-  const int row0 = int(group.x) * MFA_BLOCK_Q;
+  const int row0 = int(group.x / SLICES) * MFA_BLOCK_Q;
   if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
+  const uint out_col0 = group.x % SLICES * OUT_DIM;  // this slice's first column of O (< value_dim: see SLICES)
 
   // Key blocks that some row of this threadgroup may attend, intersected with this split's share of the blocks.
   const int2 band = attention_key_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G));
@@ -79,14 +85,16 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   // q, k and v are read through their strides; out and stats are dense, q_row is this row's index in them.
   const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
   device const MFA_T* const k_rows = k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first);
-  device const MFA_T* const v_rows = v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first);
+  device const MFA_T* const v_rows =
+      v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first) + out_col0;
+  const uint out_cols = p.value_dim - out_col0;  // of this slice's columns, those within Ev
 
   const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
       q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid, p.head_dim,
       lane, wide_q);
-  simdgroup_float8x8 o_tiles[MFA_VALUE_DIM / 8];
+  simdgroup_float8x8 o_tiles[OUT_DIM / 8];
   #pragma clang loop unroll(full)
-  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  for (uint d = 0; d < OUT_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
   // Online softmax; every lane tracks its own row (the 4 lanes of a row hold equal copies). Scores and the running max
   // stay in natural units and only the difference from the max goes to base 2 (exp2((s - max) * log2 e)): converting
@@ -149,14 +157,14 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     row_sum = row_sum * correction + block_sum;
     row_max = new_max;
     #pragma clang loop unroll(full)
-    for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
+    for (uint d = 0; d < OUT_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
 
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every SIMD-group is done with the K tile
-    mfa_copy_rows<MFA_BLOCK_K, MFA_VALUE_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows + key0 * p.v_strides[2],
-                                                                    p.v_strides[2], keys, p.value_dim, tid, wide_v);
+    mfa_copy_rows<MFA_BLOCK_K, OUT_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows + key0 * p.v_strides[2], p.v_strides[2],
+                                                              keys, out_cols, tid, wide_v);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     #pragma clang loop unroll(full)
-    for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) {
+    for (uint d = 0; d < OUT_DIM / 8; d++) {
       #pragma clang loop unroll(full)
       for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
         mfa_operand_tile v_t;
@@ -173,7 +181,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #if MFA_SINKS && !MFA_SPLIT_KV  // split-KV: the combine adds the sink once per row
   const float sink_correction = attention_add_sink(row_max, row_sum, sinks[row.head]);
   #pragma clang loop unroll(full)
-  for (uint d = 0; d < MFA_VALUE_DIM / 8; d++) o_tiles[d].thread_elements() *= sink_correction;
+  for (uint d = 0; d < OUT_DIM / 8; d++) o_tiles[d].thread_elements() *= sink_correction;
 #endif
   // Rows that attend nothing (or whose scores hold a NaN): output 0 (NaN) and stats (-inf, 0).
   const float inv_sum = attention_inverse_sum(row_sum);
@@ -183,7 +191,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const long out_row = q_row;
 #endif
   // out is dense: with an even value dim every row begins on two elements
-  mfa_store_row_tiles<MFA_VALUE_DIM>(out + out_row * p.value_dim, o_tiles, inv_sum, p.value_dim, lane,
-                                     (p.value_dim & 1u) == 0);
-  if (tile_col == 0) stats[out_row] = attention_stats(row_max, row_sum);
+  mfa_store_row_tiles<OUT_DIM>(out + out_row * p.value_dim + out_col0, o_tiles, inv_sum, out_cols, lane,
+                               (p.value_dim & 1u) == 0);
+  if (tile_col == 0 && out_col0 == 0) stats[out_row] = attention_stats(row_max, row_sum);  // every slice has them
 }

@@ -50,8 +50,14 @@
 #define MFA_DKDV_DV 1
 #define MFA_DKDV_DK 2
 
-// The largest head dims the kernels take (E and Ev independently).
-#define MFA_ATTN_MAX_HEAD_DIM 256
+// The largest head dims the kernels take: E to 576 (DeepSeek's absorbed latent attention: 512 latent + 64 rotary),
+// Ev to 512.
+#define MFA_ATTN_MAX_HEAD_DIM 576
+#define MFA_ATTN_MAX_VALUE_DIM 512
+
+// MFA_SLICE_DIM (forward, dQ, dK/dV): the columns of the kernel's accumulator (O, dQ, or the one of dK or dV a
+// one-output launch computes) each threadgroup owns. Where the whole accumulator would take too many registers the
+// planner gives its column slices to threadgroups side by side in the grid's x; each recomputes the scores.
 
 struct AttentionParams {
   mfa_i64 mask_strides[4];  // element strides of the mask over (B, Hq, L, S); 0 on broadcast dims

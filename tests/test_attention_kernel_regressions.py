@@ -133,19 +133,19 @@ def test_row16_non_contiguous_kv_cache_views(route, dtype):
 
 
 # row 17: head dims outside a fixed list silently take a slow path or crash (mlx#3885, mlx#3293)
-@pytest.mark.parametrize("E", [192, 256, 200, 17])
-def test_row17_any_head_dim_up_to_256_takes_the_kernels(route, E):
+@pytest.mark.parametrize("E", [192, 256, 200, 17, 320, 512])
+def test_row17_any_head_dim_up_to_512_takes_the_kernels(route, E):
     q = torch.randn(1, 2, 40, E)
     assert f"route: {route}" in _explain(route, q)
     _check(route, {"q": (1, 2, 40, E), "k": (1, 2, 300, E), "v": (1, 2, 300, E)}, torch.float16, is_causal=True)
 
 
-def test_row17_head_dims_above_256_take_the_reference_route_visibly(route):
-    q = torch.randn(1, 2, 5, 512)
-    with pytest.warns(UserWarning, match="head dims outside 1..256"):
+def test_row17_head_dims_past_the_kernels_take_the_reference_route_visibly(route):
+    q = torch.randn(1, 2, 5, 640)
+    with pytest.warns(UserWarning, match="head dims outside E 1..576, Ev 1..512"):
         text = _explain(route, q)
     assert "route: reference" in text or "route: torch-sdpa" in text
-    assert "head dims outside 1..256" in text or route == "emulator"
+    assert "head dims outside E 1..576, Ev 1..512" in text or route == "emulator"
     ref, _ = attention_fp64(q, q, q)
     assert_rule("out", _on(route, mfa_torch.scaled_dot_product_attention, q, q, q), None, ref, torch.float32)
 

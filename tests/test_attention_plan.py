@@ -1,5 +1,6 @@
-"""Plans of the attention forward (csrc/attention/): resource limits and grid coverage for every head dim x dtype x
-GPU family, key splitting, temporaries, and clear errors for problems the kernels do not take."""
+"""Plans of the attention forward and backward (csrc/attention/): resource limits for every head dim x dtype x GPU
+family, grid coverage (rows, key splits, column slices), key splitting, temporaries, and clear errors for problems
+the kernels do not take."""
 import itertools
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from mfa_torch import _C
 
 FAMILIES = ["apple7", "apple8", "apple9", "apple10"]
+MAX_E, MAX_EV = 576, 512  # the largest head dims the kernels take
 DTYPES = ["float32", "float16", "bfloat16"]
 
 
@@ -24,58 +26,105 @@ def defines(launch):
     return dict(launch.defines)
 
 
+def slices(launch, columns):
+    """Column slices of an accumulator of `columns` (padded) columns the launch's threadgroups share."""
+    return -(-int(columns) // int(defines(launch)["MFA_SLICE_DIM"]))
+
+
 def covered_rows(plan, p):
-    """(batch, head, row, split) of every output row the forward launch computes, from its grid and defines: a
-    threadgroup (x, kv head, batch * splits + split) packs query heads of the GQA group into its rows."""
+    """(batch, head, row, split, slice) of every output row slice the forward launch computes, from its grid and
+    defines: a threadgroup (query block * slices + slice, kv head, batch * splits + split) packs query heads of the
+    GQA group into its rows."""
     forward = plan.launches[0]
     block_q = int(defines(forward)["MFA_BLOCK_Q"])
+    out_slices = slices(forward, defines(forward)["MFA_VALUE_DIM"])
     group = p.q_heads // p.kv_heads
     groups_x, heads, z = forward.threadgroups
     splits = z // (p.num_sequences or p.batch)
     rows = []
     for x, kv_head, zz in itertools.product(range(groups_x), range(heads), range(z)):
-        for packed in range(x * block_q, (x + 1) * block_q):
+        block, slice_ = divmod(x, out_slices)
+        for packed in range(block * block_q, (block + 1) * block_q):
             if packed < p.q_len * group:
-                rows.append((zz // splits, kv_head * group + packed % group, packed // group, zz % splits))
-    return rows, splits
+                rows.append((zz // splits, kv_head * group + packed % group, packed // group, zz % splits, slice_))
+    return rows, splits, out_slices
+
+
+def head_dim_pairs():
+    """Every head dim E the kernels take, each with Ev = E (clipped), 1, the largest Ev and the complement."""
+    for E in range(1, MAX_E + 1):
+        yield from ((E, Ev) for Ev in sorted({min(E, MAX_EV), 1, MAX_EV, max(1, MAX_EV + 1 - E)}))
+
+
+def assert_within_gpu_limits(launch):
+    threads = launch.threads_per_threadgroup
+    assert threads[0] * threads[1] * threads[2] <= 1024
+    assert threads[0] % 32 == 0, "whole SIMD-groups only"
+    assert launch.threadgroup_memory <= 32 * 1024
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_head_dim_fits_the_gpu_limits(family, dtype):
-    for E in range(1, 257):
-        for Ev in {E, 1, 256, 257 - E}:
-            plan = _C.plan_attention_forward(problem(head_dim=E, value_dim=Ev, dtype=dtype, family=family))
-            for launch in plan.launches:
-                threads = launch.threads_per_threadgroup
-                assert threads[0] * threads[1] * threads[2] <= 1024
-                assert threads[0] % 32 == 0, "whole SIMD-groups only"
-                assert launch.threadgroup_memory <= 32 * 1024
-            d = defines(plan.launches[0])
-            assert int(d["MFA_HEAD_DIM"]) >= E and int(d["MFA_HEAD_DIM"]) % 8 == 0
-            assert int(d["MFA_VALUE_DIM"]) >= Ev and int(d["MFA_VALUE_DIM"]) % 8 == 0
-            assert d["MFA_T"] == {"float32": "float", "float16": "half", "bfloat16": "bfloat"}[dtype]
-            element = 4 if dtype == "float32" else 2  # K and V tiles in the input type
-            tile = int(d["MFA_BLOCK_K"]) * max(int(d["MFA_HEAD_DIM"]), int(d["MFA_VALUE_DIM"])) * element
-            assert plan.launches[0].threadgroup_memory == tile  # what the shader declares
+    element = 4 if dtype == "float32" else 2  # tiles are staged in the input type
+    for E, Ev in head_dim_pairs():
+        plan = _C.plan_attention_forward(problem(head_dim=E, value_dim=Ev, dtype=dtype, family=family))
+        for launch in plan.launches:
+            assert_within_gpu_limits(launch)
+        d = defines(plan.launches[0])
+        head, value, out = int(d["MFA_HEAD_DIM"]), int(d["MFA_VALUE_DIM"]), int(d["MFA_SLICE_DIM"])
+        assert head >= E and head % 8 == 0 and value >= Ev and value % 8 == 0
+        assert out % 8 == 0 and out <= value
+        assert d["MFA_T"] == {"float32": "float", "float16": "half", "bfloat16": "bfloat"}[dtype]
+        tile = int(d["MFA_BLOCK_K"]) * max(head, out) * element  # the K tile, or the V tile's slice
+        assert plan.launches[0].threadgroup_memory == tile  # what the shader declares
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_head_dim_fits_the_gpu_limits_in_the_backward(family, dtype):
+    element = 4 if dtype == "float32" else 2
+    for E, Ev in head_dim_pairs():
+        p = problem(head_dim=E, value_dim=Ev, dtype=dtype, family=family)
+        plan = _C.plan_attention_backward(p, False)
+        head, value = -(-E // 8) * 8, -(-Ev // 8) * 8
+        for launch in plan.launches:
+            assert_within_gpu_limits(launch)
+            d = defines(launch)
+            if launch.kernel == "attention_backward_dq":
+                staged = head + (0 if d["MFA_DP_FROM_DEVICE"] == "1" else value)  # the K and V tiles
+                assert launch.threadgroup_memory == int(d["MFA_BLOCK_K"]) * staged * element
+                assert launch.threadgroups[0] == -(-p.q_len * 2 // int(d["MFA_BLOCK_Q"])) * slices(launch, head)
+            elif launch.kernel == "attention_backward_dkdv":
+                outputs = d["MFA_DKDV_OUTPUTS"]
+                columns = {"1": value, "2": head, "3": max(head, value)}[outputs]
+                do_columns = 0 if d["MFA_DP_FROM_DEVICE"] == "1" else value if outputs != "1" else \
+                    min(int(d["MFA_SLICE_DIM"]), value)  # a dV launch stages its slice of dO
+                assert d["MFA_DP_FROM_DEVICE"] == "0" or outputs == "2", "dV reads the staged dO"
+                rows = int(d["MFA_BLOCK_Q"])
+                assert launch.threadgroup_memory == rows * ((head + do_columns) * element + 12)
+                assert launch.threadgroups[0] == -(-p.kv_len // int(d["MFA_BLOCK_KV"])) * slices(launch, columns)
+        # dP reads device memory only where the staged tiles would not fit
+        staged_apart = any(defines(launch).get("MFA_DP_FROM_DEVICE") == "1" for launch in plan.launches)
+        assert staged_apart == (element == 4 and head + value > 1016), (E, Ev)
 
 
 @settings(max_examples=150, deadline=None)
 @given(batch=st.integers(1, 3), kv_heads=st.integers(1, 3), group=st.sampled_from([1, 2, 3, 8, 16]),
-       q_len=st.integers(1, 70), kv_len=st.integers(0, 3000), head_dim=st.integers(1, 256),
+       q_len=st.integers(1, 70), kv_len=st.integers(0, 3000), head_dim=st.integers(1, MAX_E),
        family=st.sampled_from(FAMILIES))
 def test_the_grid_covers_every_row_exactly_once(batch, kv_heads, group, q_len, kv_len, head_dim, family):
     p = problem(batch=batch, q_heads=kv_heads * group, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len,
-                head_dim=head_dim, value_dim=head_dim, family=family)
+                head_dim=head_dim, value_dim=min(head_dim, MAX_EV), family=family)
     plan = _C.plan_attention_forward(p)
-    rows, splits = covered_rows(plan, p)
-    expected = itertools.product(range(batch), range(p.q_heads), range(q_len), range(splits))
+    rows, splits, out_slices = covered_rows(plan, p)
+    expected = itertools.product(range(batch), range(p.q_heads), range(q_len), range(splits), range(out_slices))
     assert sorted(rows) == sorted(expected)
     if splits > 1:  # the combine pass covers every (batch, head, row) once
         combine = plan.launches[1]
         assert combine.kernel == "attention_combine" and tuple(combine.threadgroups) == (q_len, p.q_heads, batch)
         partial = {t.name: t.numel for t in plan.temporaries}
-        assert partial == {"partial_out": batch * p.q_heads * q_len * splits * head_dim,
+        assert partial == {"partial_out": batch * p.q_heads * q_len * splits * p.value_dim,
                            "partial_stats": 2 * batch * p.q_heads * q_len * splits}
     else:
         assert len(plan.launches) == 1 and not plan.temporaries
@@ -123,8 +172,9 @@ def test_empty_problems_have_no_launches():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"head_dim": 257}, "head_dim must be in \\[1, 256\\]"),
-    ({"value_dim": 0}, "value_dim must be in \\[1, 256\\]"),
+    ({"head_dim": 577}, "head_dim must be in \\[1, 576\\]"),
+    ({"value_dim": 0}, "value_dim must be in \\[1, 512\\]"),
+    ({"value_dim": 513}, "value_dim must be in \\[1, 512\\]"),
     ({"dtype": "float64"}, "q must be float32, float16 or bfloat16"),
     ({"mask": "int8"}, "mask must be float32, float16 or bfloat16"),
     ({"q_heads": 3}, "multiple of kv_heads"),

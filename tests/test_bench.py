@@ -213,3 +213,28 @@ def test_emulator_mode_reports_work_counts(tmp_path, capsys):
                                       "(all launches)")} <= kernels
     totals = [r for r in rows if r["kernel"] == "(all launches)"]
     assert len(totals) == 2 * 3 and all(float(r["model_us"]) > 0 < float(r["mfa_published_us"]) for r in totals)
+
+
+def test_full_counter_run_adds_the_feature_cases():
+    cases = kernel_counters.attention_cases(False)
+    assert set(kernel_counters.FEATURE_CASES) <= set(cases)
+    assert {(c.head_dim, c.value_dim) for c in cases if c.sinks} and {576, 512} <= {c.head_dim for c in cases}
+    assert not set(kernel_counters.FEATURE_CASES) & set(kernel_counters.attention_cases(False, head_dims=(64,)))
+
+
+@pytest.mark.emulator
+def test_counter_rows_of_a_case_with_sinks_and_two_head_dims():
+    """E = 16, Ev = 8, L = S = 128, fp16 on Apple9: whole blocks (16 query rows, 128 keys), so the forward computes
+    each 8x8 score tile's E / 8 + Ev / 8 products and nothing else; the backward recomputes S in both kernels and dP
+    in both: dQ kernel S, dP, dQ (2 + 1 + 2), dK/dV kernel S, dV, dP, dK (2 + 1 + 1 + 2), of which 8 are needed; and
+    D = rowsum(dO * O) takes Ev / 8 products per 8 rows."""
+    case = kernel_counters.AttentionCase(torch.float16, 16, 8, 128, heads=1, sinks=True)
+    rows = kernel_counters.attention_rows(case, "apple9")
+    totals = {r["case"]: r for r in rows if r["kernel"] == "(all launches)"}
+    label = "attention float16 E=16 Ev=8 H=1 L=S=128 sinks"
+    assert set(totals) == {label + " fwd", label + " bwd"}
+    (forward,) = [r for r in rows if r["kernel"] == "attention_forward"]
+    assert forward["mma"] == (128 // 8) ** 2 * 3
+    assert totals[label + " fwd"]["useful_mma_fraction"] == 1.0
+    tiles = (128 // 8) ** 2
+    assert totals[label + " bwd"]["useful_mma_fraction"] == pytest.approx(8 * tiles / (11 * tiles + 128 // 8))

@@ -1,5 +1,5 @@
-"""Extreme sizes: empty tensors, length-1 and head-dim-1 problems, the largest head dims the kernels take (256) and
-beyond (the reference route, visibly), and 64-bit indexing proven under the emulator.
+"""Extreme sizes: empty tensors, length-1 and head-dim-1 problems, head dims past the kernels' (E 576, Ev 512: the
+reference route, visibly; tests/test_large_head_dims.py has the kernels' largest), and 64-bit indexing proven under the emulator.
 
 What each 64-bit test proves: the Metal kernels' element offsets are computed in 64 bits wherever a tensor's extent
 passes 2^31 (indeed 2^32) elements. The large tensors live in sparse files mapped with torch.from_file: the address
@@ -89,15 +89,15 @@ def test_length_one_and_head_dim_extremes_forward_and_backward(case):
         sdpa_check({n: case[n] for n in "qkv"}, case["dtype"], return_lse=True, is_causal=case["q"][2] > 1)
 
 
-@pytest.mark.parametrize("dims", [(264, 264), (8, 264), (512, 64)], ids=["E=Ev=264", "Ev=264", "E=512"])
-def test_head_dims_above_256_take_the_reference_route_visibly(dims, monkeypatch):
-    """The Metal kernels stop at 256: larger head dims run on another route with a one-time warning naming the
-    reason, and the result is right (forward and backward, against the fp64 oracle)."""
+@pytest.mark.parametrize("dims", [(584, 64), (8, 520), (640, 640)], ids=["E=584", "Ev=520", "E=Ev=640"])
+def test_head_dims_past_the_kernels_take_the_reference_route_visibly(dims, monkeypatch):
+    """The Metal kernels stop at E = 576 and Ev = 512: larger head dims run on another route with a one-time warning
+    naming the reason, and the result is right (forward and backward, against the fp64 oracle)."""
     E, Ev = dims
     monkeypatch.setattr(routing, "_warned", set())  # the warning is once per process: start afresh
     shapes = {"q": (1, 2, 5, E), "k": (1, 2, 7, E), "v": (1, 2, 7, Ev)}
     with mfa_torch.backend("emulator"):
-        with pytest.warns(UserWarning, match=r"head dims outside 1\.\.256"):
+        with pytest.warns(UserWarning, match=r"head dims outside E 1\.\.576, Ev 1\.\.512"):
             sdpa_check(shapes, torch.float32, window_size=(2, 0), return_lse=True)
         route = mfa_torch.explain(torch.empty(shapes["q"]), torch.empty(shapes["k"]), torch.empty(shapes["v"]),
                                   window_size=(2, 0))
@@ -105,7 +105,7 @@ def test_head_dims_above_256_take_the_reference_route_visibly(dims, monkeypatch)
 
 
 def test_explain_names_what_the_metal_kernels_lack_under_the_emulator_backend():
-    q, k, v = torch.empty(1, 2, 5, 264), torch.empty(1, 2, 7, 264), torch.empty(1, 2, 7, 264)
+    q, k, v = torch.empty(1, 2, 5, 584), torch.empty(1, 2, 7, 584), torch.empty(1, 2, 7, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with mfa_torch.backend("emulator"):

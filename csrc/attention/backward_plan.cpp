@@ -55,19 +55,29 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
 
   // dQ: packed GQA rows as in the forward; a short query block shrinks the threadgroup.
   const int64_t block_q = std::min<int64_t>(blocks.dq_block_q, round_up(rows * group, 8));
-  // Operands stay in registers while they fit under the limit: the larger one is streamed first.
+  // dQ is cut into column slices (one threadgroup each) only where it passes the limit with both operands streamed;
+  // operands stay in registers while they fit under the limit: the larger one is streamed first.
   const AttentionTileShape shape = attention_tile_shape(prob, 0);
+  const uint32_t dq_dim = widest_fitting_slice(
+      shape.head_dim, [&](uint32_t width) { return dq_registers(shape, true, true, width) <= kRegisterLimit; });
   const Streamed dq_streamed = first_within_limit(
-      shape, [&](Streamed s) { return dq_registers(shape, s.first, s.second); });
+      shape, [&](Streamed s) { return dq_registers(shape, s.first, s.second, dq_dim); });
+  const uint64_t element_bytes = uint64_t(attention_element_bytes(prob));  // the tiles are staged in the input type
+  // The K and V tiles, unless they pass the threadgroup memory: then dP reads V from device memory (float inputs of
+  // E + Ev past 1016 only).
+  const bool dq_dp_from_device = uint64_t(blocks.dq_block_k) * dims * element_bytes > kThreadgroupMemoryLimit;
+  const uint64_t v_tile_dim = dq_dp_from_device ? 0 : shape.value_dim;
   Launch dq = attention_kernel_launch(
       prob, "attention_backward_dq",
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
-       {"MFA_MASK_GRAD", mask_grad ? "1" : "0"}, {"MFA_STREAM_Q", dq_streamed.first ? "1" : "0"},
-       {"MFA_STREAM_DO", dq_streamed.second ? "1" : "0"}},
-      {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_q);
-  dq.registers = dq_registers(shape, dq_streamed.first, dq_streamed.second);
-  const uint64_t element_bytes = uint64_t(attention_element_bytes(prob));  // the tiles are staged in the input type
-  dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * dims * element_bytes;
+       {"MFA_SLICE_DIM", std::to_string(dq_dim)}, {"MFA_MASK_GRAD", mask_grad ? "1" : "0"},
+       {"MFA_STREAM_Q", dq_streamed.first ? "1" : "0"}, {"MFA_STREAM_DO", dq_streamed.second ? "1" : "0"},
+       {"MFA_DP_FROM_DEVICE", dq_dp_from_device ? "1" : "0"}},
+      {uint64_t(ceil_div(rows * group, block_q) * ceil_div(shape.head_dim, dq_dim)), uint64_t(prob.kv_heads),
+       uint64_t(sequences)},
+      block_q);
+  dq.registers = dq_registers(shape, dq_streamed.first, dq_streamed.second, dq_dim);
+  dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * (shape.head_dim + v_tile_dim) * element_bytes;
   dq.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dq");
   dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
                                            tensor_argument(MFA_ATTN_DELTA, "delta"), tensor_argument(MFA_ATTN_DQ, "dq"),
@@ -76,23 +86,38 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
 
   // dK/dV: a short key range shrinks the threadgroup too (8 keys per SIMD-group).
   const int64_t block_kv = std::min<int64_t>(blocks.dkdv_block_kv, std::max<int64_t>(16, round_up(keys, 8)));
-  // dK and dV in one launch where their accumulators and operands fit under the limit, else one launch each.
-  auto dkdv_streamed = [&](uint32_t outputs) {
-    return first_within_limit(shape, [&](Streamed s) { return dkdv_registers(shape, outputs, s.first, s.second); });
+  // dK and dV in one launch where their accumulators and operands fit under the limit, else one launch each, whose
+  // accumulator is cut into column slices (one threadgroup each) where it passes the limit with K and V streamed.
+  const uint32_t both = MFA_DKDV_DK | MFA_DKDV_DV, whole = std::max(shape.head_dim, shape.value_dim);
+  auto dkdv_streamed = [&](uint32_t outputs, uint32_t slice) {
+    return first_within_limit(
+        shape, [&](Streamed s) { return dkdv_registers(shape, outputs, s.first, s.second, slice); });
   };
-  const uint32_t both = MFA_DKDV_DK | MFA_DKDV_DV;
-  const Streamed together = dkdv_streamed(both);
-  const bool one_launch = dkdv_registers(shape, both, together.first, together.second) <= kRegisterLimit;
+  const Streamed together = dkdv_streamed(both, whole);
+  const bool one_launch = dkdv_registers(shape, both, together.first, together.second, whole) <= kRegisterLimit;
   for (uint32_t outputs : one_launch ? std::vector<uint32_t>{both} : std::vector<uint32_t>{MFA_DKDV_DV, MFA_DKDV_DK}) {
-    const Streamed streamed = dkdv_streamed(outputs);
+    const uint32_t columns = outputs == both ? whole : outputs == MFA_DKDV_DK ? shape.head_dim : shape.value_dim;
+    const uint32_t slice = outputs == both ? whole : widest_fitting_slice(columns, [&](uint32_t width) {
+      return dkdv_registers(shape, outputs, true, true, width) <= kRegisterLimit;
+    });
+    const Streamed streamed = dkdv_streamed(outputs, slice);
+    // The Q and dO tiles (a dV launch: its slice of dO), unless they pass the threadgroup memory: then a dK launch's
+    // dP reads dO from device memory (float inputs of E + Ev past 1016 only).
+    const uint64_t row_bytes = 3 * sizeof(float);  // each query's softmax max, 1 / sum and D
+    const uint64_t do_dim = outputs & MFA_DKDV_DK ? shape.value_dim : slice;
+    const bool dp_from_device =
+        blocks.dkdv_block_q * ((shape.head_dim + do_dim) * element_bytes + row_bytes) > kThreadgroupMemoryLimit;
+    const uint64_t do_tile_dim = dp_from_device ? 0 : do_dim;
     Launch dkdv = attention_kernel_launch(
         prob, "attention_backward_dkdv",
         {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)},
-         {"MFA_DKDV_OUTPUTS", std::to_string(outputs)}, {"MFA_STREAM_K", streamed.first ? "1" : "0"},
-         {"MFA_STREAM_V", streamed.second ? "1" : "0"}},
-        {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)}, block_kv);
-    dkdv.registers = dkdv_registers(shape, outputs, streamed.first, streamed.second);
-    dkdv.threadgroup_memory = uint64_t(blocks.dkdv_block_q) * (dims * element_bytes + 3 * sizeof(float));
+         {"MFA_SLICE_DIM", std::to_string(slice)}, {"MFA_DKDV_OUTPUTS", std::to_string(outputs)},
+         {"MFA_STREAM_K", streamed.first ? "1" : "0"}, {"MFA_STREAM_V", streamed.second ? "1" : "0"},
+         {"MFA_DP_FROM_DEVICE", dp_from_device ? "1" : "0"}},
+        {uint64_t(ceil_div(keys, block_kv) * ceil_div(columns, slice)), uint64_t(prob.kv_heads), uint64_t(sequences)},
+        block_kv);
+    dkdv.registers = dkdv_registers(shape, outputs, streamed.first, streamed.second, slice);
+    dkdv.threadgroup_memory = blocks.dkdv_block_q * ((shape.head_dim + do_tile_dim) * element_bytes + row_bytes);
     dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
     dkdv.arguments.insert(dkdv.arguments.end(),
                           {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_DELTA, "delta"),

@@ -23,9 +23,17 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   const int64_t query_blocks = ceil_div(packed_rows, block_q);
   const int64_t key_blocks = std::max<int64_t>(1, ceil_div(keys, blocks.block_k));
 
+  // O stays whole in registers unless that passes the limit even with Q streamed; then it is cut into column slices
+  // (one threadgroup each). Q stays in registers unless that passes the limit (large head dims, float tiles).
+  const AttentionTileShape shape = attention_tile_shape(prob, blocks.block_k);
+  const uint32_t out_dim = widest_fitting_slice(
+      shape.value_dim, [&](uint32_t width) { return forward_registers(shape, true, width) <= kRegisterLimit; });
+  const bool stream_q = forward_registers(shape, false, out_dim) > kRegisterLimit;
+  const int64_t slices = ceil_div(shape.value_dim, out_dim);
+
   // Flash-decoding: too few threadgroups for the GPU and long keys -> split the keys and combine.
   int64_t splits = 1, blocks_per_split = key_blocks;
-  const int64_t threadgroups = sequences * prob.kv_heads * query_blocks;
+  const int64_t threadgroups = sequences * prob.kv_heads * query_blocks * slices;
   if (threadgroups < kAttentionTargetThreadgroups && key_blocks >= 2 * kAttentionMinBlocksPerSplit) {
     splits = std::min(ceil_div(kAttentionTargetThreadgroups, threadgroups), key_blocks / kAttentionMinBlocksPerSplit);
     blocks_per_split = ceil_div(key_blocks, splits);
@@ -42,18 +50,18 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
     plan.temporaries.push_back({"partial_out", "float32", partial_rows * prob.value_dim});
     plan.temporaries.push_back({"partial_stats", "float32", 2 * partial_rows});
   }
-  // Q stays in registers unless that passes the register limit (large head dims, float tiles).
-  const AttentionTileShape shape = attention_tile_shape(prob, blocks.block_k);
-  const bool stream_q = forward_registers(shape, false) > kRegisterLimit;
   Launch forward = attention_kernel_launch(
       prob, "attention_forward",
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
-       {"MFA_SPLIT_KV", split ? "1" : "0"}, {"MFA_STREAM_Q", stream_q ? "1" : "0"}, {"MFA_SINKS", sinks}},
-      {uint64_t(query_blocks), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
-  forward.registers = forward_registers(shape, stream_q);
-  forward.threadgroup_memory = uint64_t(blocks.block_k * tile_dim * element_bytes);  // the K/V tile in the input type
+       {"MFA_SLICE_DIM", std::to_string(out_dim)}, {"MFA_SPLIT_KV", split ? "1" : "0"},
+       {"MFA_STREAM_Q", stream_q ? "1" : "0"}, {"MFA_SINKS", sinks}},
+      {uint64_t(query_blocks * slices), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
+  forward.registers = forward_registers(shape, stream_q, out_dim);
+  // the K tile, or the V tile's slice, in the input type
+  forward.threadgroup_memory = uint64_t(blocks.block_k) * std::max(shape.head_dim, out_dim) * element_bytes;
   if (prob.count_tiles) {
-    plan.temporaries.push_back({"tile_count", "int32", int64_t(query_blocks * prob.kv_heads * sequences * splits)});
+    plan.temporaries.push_back({"tile_count", "int32",
+                                int64_t(query_blocks * slices * prob.kv_heads * sequences * splits)});
   }
   forward.arguments = attention_kernel_arguments(prob, params, split ? "partial_stats" : "stats", "tile_count");
   forward.arguments.push_back(tensor_argument(MFA_ATTN_OUT, split ? "partial_out" : "out"));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
+#include <tuple>
 #include <utility>
 
 #include "dropout_rng.h"
@@ -66,9 +67,10 @@ AttentionInputStrides attention_input_strides(const AttentionProblem& p) {
 
 void validate_attention_problem(const AttentionProblem& p) {
   attention_metal_type(p.dtype, "q");
-  for (auto [name, dim] : {std::pair{"head_dim", p.head_dim}, std::pair{"value_dim", p.value_dim}}) {
-    require(dim >= 1 && dim <= MFA_ATTN_MAX_HEAD_DIM,
-            std::string(name) + " must be in [1, 256] for the Metal kernels, got " + std::to_string(dim));
+  for (auto [name, dim, most] : {std::tuple{"head_dim", p.head_dim, MFA_ATTN_MAX_HEAD_DIM},
+                                 std::tuple{"value_dim", p.value_dim, MFA_ATTN_MAX_VALUE_DIM}}) {
+    require(dim >= 1 && dim <= most, std::string(name) + " must be in [1, " + std::to_string(most) +
+                                         "] for the Metal kernels, got " + std::to_string(dim));
   }
   require(p.batch >= 0 && p.q_heads >= 0 && p.kv_heads >= 0 && p.q_len >= 0 && p.kv_len >= 0, "sizes must be >= 0");
   require(p.kv_heads == 0 ? p.q_heads == 0 : p.q_heads % p.kv_heads == 0, "q_heads must be a multiple of kv_heads");

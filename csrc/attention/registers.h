@@ -20,11 +20,24 @@ struct AttentionTileShape {
   uint32_t block_k = 0;            // the forward's keys per block (its score tiles)
 };
 
-// attention_forward with Q held (or streamed).
-uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q);
-// attention_backward_dq with Q and dO held or streamed.
-uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do);
-// attention_backward_dkdv computing dK and/or dV (MFA_DKDV_OUTPUTS bits), K and V held or streamed.
-uint32_t dkdv_registers(const AttentionTileShape& shape, uint32_t outputs, bool stream_k, bool stream_v);
+// attention_forward with Q held (or streamed), `out_dim` columns of O per threadgroup (MFA_SLICE_DIM).
+uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q, uint32_t out_dim);
+// attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per threadgroup.
+uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do, uint32_t dq_dim);
+// attention_backward_dkdv computing dK and/or dV (MFA_DKDV_OUTPUTS bits), K and V held or streamed; a one-output
+// launch holds `slice_dim` columns of its accumulator, a launch of both holds them whole.
+uint32_t dkdv_registers(const AttentionTileShape& shape, uint32_t outputs, bool stream_k, bool stream_v,
+                        uint32_t slice_dim);
+
+// The widest column slice of an accumulator of `dim` columns (a multiple of 8) for which `fits(width)`: the whole,
+// else halves, thirds, ... rounded up to whole 8-column tiles (the last slice may be narrower); 8 if none fits.
+template <typename Fits>
+uint32_t widest_fitting_slice(uint32_t dim, Fits fits) {
+  for (uint32_t n = 1; n < dim / 8; n++) {
+    const uint32_t width = ((dim + n - 1) / n + 7) / 8 * 8;
+    if (fits(width)) return width;
+  }
+  return 8;
+}
 
 }  // namespace mfa

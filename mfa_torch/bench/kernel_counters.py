@@ -1,6 +1,8 @@
 """Work counters of the Metal kernels under the emulator (emulator.profile()), per case, GPU family and kernel, with
 the ratios the kernels are tuned against and the time a model predicts from them (bench/model.py: a model, never a
 measurement), next to what metal-flash-attention's published efficiency would take for the same work."""
+from typing import NamedTuple
+
 import torch
 
 from ..emulator import counters, profile
@@ -12,7 +14,7 @@ from .progress import progress
 FAMILIES = ("apple7", "apple9")
 COUNTER_COLUMNS = ("case", "family", "kernel", "threadgroups", "mma", "tg_bytes_per_mma", "device_access_bytes",
                    "barriers_per_32_keys", "transcendentals_per_score", "conversions", "registers", "spills",
-                   "bound_by", "model_us", "mfa_published_us")
+                   "bound_by", "useful_mma_fraction", "model_us", "mfa_published_us")
 # kernel_counters.csv also holds every raw counter of each launch
 RAW_COLUMNS = ("threadgroup_memory", *counters.COUNTERS, "mma_by_type", "defines")
 CSV_COLUMNS = COUNTER_COLUMNS + RAW_COLUMNS
@@ -26,13 +28,32 @@ ROUTE = "emulator"
 
 
 SIZE, HEADS = 256, 4  # L = S (and GEMM M = N = K); heads enough that the planners do not split the keys
+LARGE_DIM_SIZE = 128  # L = S of the cases with head dims past 256: four times the work per score
+
+
+class AttentionCase(NamedTuple):
+    dtype: torch.dtype
+    head_dim: int
+    value_dim: int
+    length: int
+    heads: int = HEADS
+    sinks: bool = False
+
+
+# What the full run adds to its grid: the largest head dims (E = Ev = 512, and DeepSeek's E = 576 with Ev = 512) and
+# attention sinks.
+FEATURE_CASES = (AttentionCase(torch.float16, 512, 512, LARGE_DIM_SIZE),
+                 AttentionCase(torch.float16, 576, 512, LARGE_DIM_SIZE),
+                 AttentionCase(torch.float16, 64, 64, SIZE, sinks=True))
 
 
 def attention_cases(quick, dtypes=None, sizes=None, head_dims=None):
-    """(dtype, D, L, heads) of the counted attention calls."""
-    dtypes = dtypes or ((torch.float16,) if quick else (torch.float16, torch.bfloat16))
-    return [(dtype, d, length, HEADS) for dtype in dtypes for d in head_dims or ((64,) if quick else (64, 128))
-            for length in sizes or (SIZE,)]
+    """The counted attention calls: a grid of dtypes x head dims (E = Ev) x lengths, and in a full run without
+    --dtypes, --sizes or --head-dims the FEATURE_CASES."""
+    grid = [AttentionCase(dtype, d, d, length) for dtype in dtypes or ((torch.float16,) if quick else
+                                                                       (torch.float16, torch.bfloat16))
+            for d in head_dims or ((64,) if quick else (64, 128)) for length in sizes or (SIZE,)]
+    return grid + ([] if quick or dtypes or sizes or head_dims else list(FEATURE_CASES))
 
 
 def gemm_cases(quick, dtypes=None, sizes=None):
@@ -59,10 +80,13 @@ def _raw(launch):
     return raw
 
 
-def _rows(label, family, launches, footprint, published_seconds, keys=None, scores=None):
+def _rows(label, family, launches, footprint, published_seconds, keys=None, scores=None, useful_mma=None):
+    """useful_mma: the 8x8x8 products the op needs at least; the launches' excess is recomputation."""
     rows = [{"case": label, "family": family, "kernel": launch["kernel"], **_ratios(launch, keys, scores),
              **_raw(launch)} for launch in launches]
+    executed = sum(launch["mma"] for launch in launches)
     rows.append({"case": label, "family": family, "kernel": "(all launches)",
+                 "useful_mma_fraction": useful_mma / executed if useful_mma and executed else None,
                  "model_us": model.predicted_microseconds(launches, family, footprint),
                  "mfa_published_us": published_seconds * 1e6})
     return rows
@@ -72,29 +96,39 @@ def _bytes(*tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def attention_rows(dtype, d, length, heads, family):
+def attention_rows(case, family):
+    dtype, e, ev, length, heads = case.dtype, case.head_dim, case.value_dim, case.length, case.heads
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, heads, length, d, generator=gen).to(dtype) for _ in range(3))
-    args = (None, None, None, None, length, length, d ** -0.5, -1, -1, False, 0.0, 0.0, None)
-    label = f"attention {str(dtype).removeprefix('torch.')} D={d} H={heads} L=S={length}"
+    q, k = (torch.randn(1, heads, length, e, generator=gen).to(dtype) for _ in range(2))
+    v = torch.randn(1, heads, length, ev, generator=gen).to(dtype)
+    sinks = torch.randn(heads, generator=gen) if case.sinks else None
+    args = (None, None, None, None, length, length, e ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    dims = f"D={e}" if e == ev else f"E={e} Ev={ev}"
+    label = f"attention {str(dtype).removeprefix('torch.')} {dims} H={heads} L=S={length}" + \
+        (" sinks" if case.sinks else "")
     with profile() as forward:
-        out, stats = metal_attention.forward(ROUTE, q, k, v, *args, family=family)
+        out, stats = metal_attention.forward(ROUTE, q, k, v, *args, sinks, family=family)
     grad = torch.randn_like(out)
     with profile() as backward:
         metal_attention.backward(ROUTE, grad, q, k, v, out, stats, *args, False, family=family)
+    d = (e + ev) / 2  # the FLOP formulas take one head dim: QK^T is over E, PV over Ev
     flops = formulas.attention_forward_flops(1, heads, length, length, d, False)
     nominal = model.CHIPS[family].nominal_tflops * 1e12
     scores = heads * length * length
+    tiles = scores / 64  # 8x8 score tiles; each product over a head dim takes dim / 8 MMAs
     rows = _rows(label + " fwd", family, forward.launches, _bytes(q, k, v, out, stats),
-                 flops / (MFA_FORWARD[family].get(d, min(MFA_FORWARD[family].values())) * nominal),
-                 keys=length, scores=scores)
-    # MFA publishes forward and backward together: its backward is taken at that efficiency (2.5 forwards of work)
+                 flops / (MFA_FORWARD[family].get(e, min(MFA_FORWARD[family].values())) * nominal),
+                 keys=length, scores=scores, useful_mma=tiles * (e + ev) / 8)
+    # MFA publishes forward and backward together: its backward is taken at that efficiency (2.5 forwards of work).
+    # At least: S = Q K^T, dQ and dK over E, dP and dV over Ev.
     rows += _rows(label + " bwd", family, backward.launches, _bytes(q, k, v, out, grad, stats) + _bytes(q, k, v),
-                  2.5 * flops / (MFA_FORWARD_BACKWARD[family] * nominal), keys=length, scores=scores)
+                  2.5 * flops / (MFA_FORWARD_BACKWARD[family] * nominal), keys=length, scores=scores,
+                  useful_mma=tiles * (3 * e + 2 * ev) / 8)
     return rows
 
 
-def gemm_rows(dtype, size, family):
+def gemm_rows(case, family):
+    dtype, size = case
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(1, size, size, generator=gen).to(dtype) for _ in range(2))
     with profile() as prof:
@@ -111,5 +145,5 @@ def counter_rows(quick, dtypes=None, sizes=None, head_dims=None):
     rows = []
     for family in FAMILIES:
         for make, case in progress(jobs, f"emulator counters ({family})", lambda job: str(job[1])):
-            rows += make(*case, family)
+            rows += make(case, family)
     return rows

@@ -6,7 +6,7 @@ from .. import _C
 from . import executors
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM, MAX_VALUE_DIM = 576, 512  # shaders/attention_params.h
 
 
 def metal_lacks(dtype, head_dim, value_dim):
@@ -14,8 +14,8 @@ def metal_lacks(dtype, head_dim, value_dim):
     lacks = []
     if dtype not in _KERNEL_DTYPES:
         lacks.append(f"{dtype} (Apple GPUs have no float64)")
-    if not 1 <= head_dim <= MAX_HEAD_DIM or not 1 <= value_dim <= MAX_HEAD_DIM:
-        lacks.append(f"head dims outside 1..{MAX_HEAD_DIM} (got {head_dim} and {value_dim})")
+    if not 1 <= head_dim <= MAX_HEAD_DIM or not 1 <= value_dim <= MAX_VALUE_DIM:
+        lacks.append(f"head dims outside E 1..{MAX_HEAD_DIM}, Ev 1..{MAX_VALUE_DIM} (got {head_dim} and {value_dim})")
     return lacks
 
 

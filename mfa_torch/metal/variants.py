@@ -3,7 +3,7 @@ launch plans over a grid of problems and every GPU family, so that checks over "
 end, the expanded-source tests) follow the planners instead of a hand-written list.
 
 The grid is a covering, not a cross product: every dtype against every mask kind, split and unsplit, with and
-without tile counting and mask gradients; every combination of score features; sinks; every rounded head dim; and
+without tile counting and mask gradients; every combination of score features; sinks; every rounded head dim; the largest head dims; and
 query/key lengths short enough to shrink the blocks below their table sizes. A test
 (tests/emulator/test_strict_front_end.py) checks that it reaches every define value and block-table row a much
 wider sweep of the planners reaches.
@@ -22,7 +22,7 @@ MASKS = ("none", "bool") + DTYPES
 SOFTCAP, ALIBI, DROPOUT = 1, 2, 4  # the score features (shaders/attention_params.h, MFA_SCORE_FEATURES)
 SCORE_FEATURES = range(8)  # every combination
 HEAD_DIM_STEP = 8  # the planners round head dims up to a multiple of 8
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM, MAX_VALUE_DIM = 576, 512  # shaders/attention_params.h
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -83,9 +83,12 @@ def _attention_grid(family):
         yield attention_problem(family, dtype, sinks=True)
         yield attention_problem(family, dtype, **decode, sinks=True)
     for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
-        yield attention_problem(family, head_dim=dim, value_dim=dim)
-    for dtype in DTYPES:  # operands streamed and dK/dV split where registers run short, per tile type
-        for dims in ((128, 128), (256, 256), (8, 256), (256, 8)):
+        yield attention_problem(family, head_dim=dim, value_dim=min(dim, MAX_VALUE_DIM))
+    # operands streamed, dK/dV split and accumulators sliced where registers run short, and dP reading device memory
+    # where float tiles pass the threadgroup memory, per tile type
+    for dtype in DTYPES:
+        for dims in ((128, 128), (256, 256), (8, 256), (256, 8), (MAX_HEAD_DIM, MAX_VALUE_DIM), (512, 512),
+                     (8, MAX_VALUE_DIM), (MAX_HEAD_DIM, 8)):
             yield attention_problem(family, dtype, head_dim=dims[0], value_dim=dims[1])
     for dtype in ("float16", "float32"):  # float inputs stage fewer keys per block
         for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)

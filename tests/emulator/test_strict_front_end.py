@@ -44,9 +44,11 @@ def test_findings_name_the_shipped_file_and_line(tmp_path):
 def _wide_sweep_plans():
     """Many more problems than variants.py's grid: every head dim, many lengths and GQA ratios, every flag."""
     for family in variants.GPU_FAMILIES:
-        for dtype, head_dim, value_dim in itertools.product(variants.DTYPES, range(1, 257), (1, 100, 256, None)):
+        for dtype, head_dim, value_dim in itertools.product(variants.DTYPES, range(1, variants.MAX_HEAD_DIM + 1),
+                                                            (1, 100, 256, variants.MAX_VALUE_DIM, None)):
+            value_dim = min(value_dim or head_dim, variants.MAX_VALUE_DIM)
             yield from variants.attention_plans(
-                variants.attention_problem(family, dtype, head_dim=head_dim, value_dim=value_dim or head_dim))
+                variants.attention_problem(family, dtype, head_dim=head_dim, value_dim=value_dim))
         for dtype, mask, count in itertools.product(variants.DTYPES, variants.MASKS, (False, True)):
             for q_len, kv_len, (q_heads, kv_heads) in itertools.product(
                     (1, 3, 8, 9, 17, 25, 33, 1000), (1, 9, 16, 17, 25, 512, 65536), ((1, 1), (8, 2), (64, 1))):
@@ -78,7 +80,7 @@ def test_planned_variants_reach_every_define_value_and_block_row_the_planners_em
     assert swept_rows - planned_rows == set(), "add problems to mfa_torch/metal/variants.py"
     # the sweep is the wider one: it reaches every head dim the planners round to
     head_dims = {int(x) for s, _, name, x in swept_values if name == "MFA_HEAD_DIM"}
-    assert head_dims == set(range(8, 257, 8))
+    assert head_dims == set(range(8, variants.MAX_HEAD_DIM + 1, 8))
 
 
 def test_every_shipped_shader_is_checked():
