@@ -17,6 +17,10 @@
 //   sinks (Hq,) in the stats' dtype (GPT-OSS's attention sinks): one extra logit per query head in every row's
 //         softmax, with no value vector (its probability leaves the output). The stats include it, so the backward
 //         needs no sinks; the gradient of the sinks is -sum over rows of p_sink * rowsum(dO * O) (mfa_torch/ops.py).
+//   mask_blocks, mask_bits, mask_block_size (a FlexAttention block mask, mfa_torch/block_masks.py; not with mask or
+//         cu_seqlens): int32 states (1 or B, 1 or Hq, ceil(L / bq), ceil(S / bk)) of the (bq, bk) = mask_block_size
+//         blocks, -1 empty, -2 full, else the block's index in mask_bits, int32 (partial blocks, bq, ceil(bk / 32)):
+//         bit c % 32 of word c // 32 of row r says whether element (r, c) of that block attends.
 // Outputs: out (B, Hq, L, Ev) in q's dtype, and the softmax stats (B, Hq, L, 2) fp32 (fp64 for fp64 inputs): each
 // row's max score m and sum l of exp(score - m) in natural units, the sink among the scores ((-inf, 0) for rows
 // attending nothing, with no sink). The backward
@@ -34,13 +38,15 @@ TORCH_LIBRARY(mfa, m) {
       "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? alibi_slopes, "
       "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale, "
       "int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, "
-      "Tensor? dropout_seed, Tensor? sinks=None) -> (Tensor out, Tensor stats)");
+      "Tensor? dropout_seed, Tensor? sinks=None, Tensor? mask_blocks=None, Tensor? mask_bits=None, "
+      "int[] mask_block_size=[]) -> (Tensor out, Tensor stats)");
   // dmask is the gradient of a float mask (same shape as mask) when mask_grad is true, else an empty tensor.
   m.def(
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor stats, Tensor? mask, "
       "Tensor? alibi_slopes, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
       "float scale, int window_left, int window_right, bool bottom_right, float softcap, float dropout_p, "
-      "Tensor? dropout_seed, bool mask_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dmask)");
+      "Tensor? dropout_seed, bool mask_grad, Tensor? mask_blocks=None, Tensor? mask_bits=None, "
+      "int[] mask_block_size=[]) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dmask)");
   // GEMM, canonical form: a (Ba, M, K), b (Bb, K, N) with Ba, Bb in {1, B}; any strides (transposes are
   // read through them); bias (N,) or none. Result (B, M, N) in the inputs' dtype, fp32 accumulation.
   m.def("gemm(Tensor a, Tensor b, Tensor? bias) -> Tensor");

@@ -66,6 +66,8 @@ void bind_plans(py::module& m) {
       .def_readwrite("value_dim", &AttentionProblem::value_dim)
       .def_readwrite("mask", &AttentionProblem::mask)
       .def_readwrite("mask_strides", &AttentionProblem::mask_strides)
+      .def_readwrite("mask_block_q", &AttentionProblem::mask_block_q)
+      .def_readwrite("mask_block_k", &AttentionProblem::mask_block_k)
       .def_readwrite("q_strides", &AttentionProblem::q_strides)
       .def_readwrite("k_strides", &AttentionProblem::k_strides)
       .def_readwrite("v_strides", &AttentionProblem::v_strides)

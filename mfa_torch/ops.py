@@ -8,6 +8,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads the op schemas)
 from . import reference, routing
+from .block_masks import CompactBlockMask
 from .metal import attention as metal_attention
 from .metal import gemm as metal_gemm
 from ._validation import FLOAT32_MAX as _FLOAT32_MAX
@@ -70,6 +71,36 @@ def _check_sinks(sinks, q):
         _check(sinks.device == q.device, f"sinks is on {sinks.device} but q is on {q.device}")
 
 
+def _check_block_mask(blocks, bits, block_size, q, k, mask, cu_q):
+    """The compact block mask's shapes (mfa_torch/block_masks.py): all three arguments or none."""
+    given = (blocks is not None, bits is not None, len(block_size) > 0)
+    _check(all(given) or not any(given), "mask_blocks, mask_bits and mask_block_size must be given together")
+    if blocks is None:
+        return
+    _check(mask is None and cu_q is None, "mask_blocks cannot be combined with mask or cu_seqlens")
+    _check(len(block_size) == 2 and min(block_size) >= 1,
+           f"mask_block_size must be two block sizes >= 1, got {list(block_size)}")
+    B, Hq, L = q.shape[:3]
+    bq, bk = block_size
+    for name, t, dim in (("mask_blocks", blocks, 4), ("mask_bits", bits, 3)):
+        _check(t.dim() == dim and t.dtype == torch.int32, f"{name} must be a {dim}-D int32 tensor")
+        _check(t.device == q.device, f"{name} is on {t.device} but q is on {q.device}")
+    expected = (-(-L // bq), -(-k.shape[2] // bk))
+    _check(blocks.shape[0] in (1, B) and blocks.shape[1] in (1, Hq) and tuple(blocks.shape[2:]) == expected,
+           f"mask_blocks must have shape (1 or {B}, 1 or {Hq}, {expected[0]}, {expected[1]}), "
+           f"got {tuple(blocks.shape)}")
+    _check(tuple(bits.shape[1:]) == (bq, -(-bk // 32)),
+           f"mask_bits must have shape (partial blocks, {bq}, {-(-bk // 32)}), got {tuple(bits.shape)}")
+
+
+def _check_block_mask_values(blocks, bits):
+    """The states' values, which only a running kernel can read (not fake tensors)."""
+    if blocks is not None and blocks.numel():
+        low, high = int(blocks.min()), int(blocks.max())
+        _check(low >= -2 and high < bits.shape[0], f"mask_blocks values must be -1 (empty), -2 (full) or an index "
+                                                  f"into mask_bits' {bits.shape[0]} blocks, got {low}..{high}")
+
+
 def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
     """Checks of the varlen offsets' values, which only a running kernel can read (not fake tensors)."""
     if cu_q is None:
@@ -88,10 +119,11 @@ def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
 @torch.library.register_fake("mfa::attention_forward")
 def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                             scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed,
-                            sinks=None):
+                            sinks=None, mask_blocks=None, mask_bits=None, mask_block_size=()):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_sinks(sinks, q)
+    _check_block_mask(mask_blocks, mask_bits, mask_block_size, q, k, mask, cu_seqlens_q)
     B, Hq, L, _ = q.shape
     return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, 2, dtype=reference.stats_dtype(q.dtype))
 
@@ -112,10 +144,12 @@ def _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad):
 @torch.library.register_fake("mfa::attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                              max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                             dropout_p, dropout_seed, mask_grad):
+                             dropout_p, dropout_seed, mask_grad, mask_blocks=None, mask_bits=None,
+                             mask_block_size=()):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad)
+    _check_block_mask(mask_blocks, mask_bits, mask_block_size, q, k, mask, cu_seqlens_q)
     # Contiguous whatever the inputs' strides, as every kernel returns them.
     dmask = mask.new_empty(mask.shape) if mask_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
@@ -145,38 +179,51 @@ def _gemm_fake(a, b, bias):
 # One kernel per op for every device type (registered below, also for the MPS dispatch key by name): it asks
 # routing.kernel_route for the Metal route (the MPS executor on MPS tensors, the emulator on CPU tensors with backend
 # "emulator") and otherwise runs the reference route.
+def _blocks(mask_blocks, mask_bits, mask_block_size):
+    """The compact block mask of the ops' arguments, or None."""
+    return None if mask_blocks is None else CompactBlockMask(mask_blocks, mask_bits, tuple(mask_block_size))
+
+
 def _attention_forward_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                              dropout_seed, sinks=None):
+                              dropout_seed, sinks=None, mask_blocks=None, mask_bits=None, mask_block_size=()):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_sinks(sinks, q)
+    _check_block_mask(mask_blocks, mask_bits, mask_block_size, q, k, mask, cu_seqlens_q)
+    _check_block_mask_values(mask_blocks, mask_bits)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
+    blocks = _blocks(mask_blocks, mask_bits, mask_block_size)
     route = routing.kernel_route(q.device, metal_attention.metal_lacks(q.dtype, q.shape[3], v.shape[3]))
     if route is not None:
         return metal_attention.forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, dropout_seed, sinks)
+                                       dropout_p, dropout_seed, sinks, blocks=blocks)
     return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, dropout_seed, sinks)
+                                       dropout_p, dropout_seed, sinks, blocks=blocks)
 
 
 def _attention_backward_kernel(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                                max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right,
-                               softcap, dropout_p, dropout_seed, mask_grad):
+                               softcap, dropout_p, dropout_seed, mask_grad, mask_blocks=None, mask_bits=None,
+                               mask_block_size=()):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           scale, window_left, window_right, softcap, dropout_p, dropout_seed)
     _check_backward_args(grad_out, q, v, out, stats, mask, mask_grad)
+    _check_block_mask(mask_blocks, mask_bits, mask_block_size, q, k, mask, cu_seqlens_q)
+    _check_block_mask_values(mask_blocks, mask_bits)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
+    blocks = _blocks(mask_blocks, mask_bits, mask_block_size)
     route = routing.kernel_route(q.device, metal_attention.backward_lacks(q, v, mask, mask_grad))
     if route is not None:
         return metal_attention.backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q,
                                         cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left, window_right,
-                                        bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
+                                        bottom_right, softcap, dropout_p, dropout_seed, mask_grad, blocks=blocks)
     return reference.attention_backward(grad_out.contiguous(), q, k, v, out, stats, mask, alibi_slopes,
                                         cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left,
-                                        window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad)
+                                        window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad,
+                                        blocks=blocks)
 
 
 def _gemm_kernel(a, b, bias):
@@ -197,7 +244,7 @@ for _op, _kernel in (("mfa::attention_forward", _attention_forward_kernel),
 
 _ATTENTION_OPTIONS = ("mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
                       "scale", "window_left", "window_right", "bottom_right", "softcap", "dropout_p",
-                      "dropout_seed", "sinks")
+                      "dropout_seed", "sinks", "mask_blocks", "mask_bits", "mask_block_size")
 
 
 def _attention_setup_context(ctx, inputs, output):
@@ -208,7 +255,9 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.mask_grad = mask is not None and mask.requires_grad
     ctx.options = {name: value for name, value in options.items() if not isinstance(value, torch.Tensor)}
     ctx.save_for_backward(q, k, v, out, stats, mask, options["alibi_slopes"], options["cu_seqlens_q"],
-                          options["cu_seqlens_k"], options["dropout_seed"], options.get("sinks"))
+                          options["cu_seqlens_k"], options["dropout_seed"], options.get("sinks"),
+                          options.get("mask_blocks"), options.get("mask_bits"))
+    ctx.options.setdefault("mask_block_size", [])
     ctx.mark_non_differentiable(stats)  # like FlashAttention's log-sum-exp: an auxiliary output
     ctx.backend = routing.get_backend()
 
@@ -225,16 +274,20 @@ def _sinks_gradient(sinks, grad_out, out, stats):
 
 
 def _attention_backward(ctx, grad_out, _grad_stats):
-    q, k, v, out, stats, mask, alibi, cu_q, cu_k, seed, sinks = ctx.saved_tensors
+    q, k, v, out, stats, mask, alibi, cu_q, cu_k, seed, sinks, blocks, bits = ctx.saved_tensors
     o = ctx.options
     with routing.pinned_backend(ctx.backend):
         dq, dk, dv, dmask = torch.ops.mfa.attention_backward(
             grad_out.contiguous(), q, k, v, out, stats, mask, alibi, cu_q, cu_k, o["max_seqlen_q"], o["max_seqlen_k"],
             o["scale"], o["window_left"], o["window_right"], o["bottom_right"], o["softcap"], o["dropout_p"], seed,
-            ctx.mask_grad)
-    wants_dsinks = sinks is not None and ctx.needs_input_grad[3 + _ATTENTION_OPTIONS.index("sinks")]
-    dsinks = _sinks_gradient(sinks, grad_out, out, stats) if wants_dsinks else None
-    return (dq, dk, dv, dmask if ctx.mask_grad else None) + (None,) * (len(_ATTENTION_OPTIONS) - 2) + (dsinks,)
+            ctx.mask_grad, blocks, bits, o["mask_block_size"])
+    grads = [dq, dk, dv] + [None] * len(_ATTENTION_OPTIONS)
+    if ctx.mask_grad:
+        grads[3 + _ATTENTION_OPTIONS.index("mask")] = dmask
+    sinks_at = 3 + _ATTENTION_OPTIONS.index("sinks")
+    if sinks is not None and ctx.needs_input_grad[sinks_at]:
+        grads[sinks_at] = _sinks_gradient(sinks, grad_out, out, stats)
+    return tuple(grads)
 
 
 torch.library.register_autograd("mfa::attention_forward", _attention_backward,

@@ -1,5 +1,6 @@
 """patch()/unpatch(): route torch.nn.functional.scaled_dot_product_attention (and, opt-in,
-torch.nn.functional.linear and torch.matmul) through mfa_torch, so models use it unchanged.
+torch.nn.functional.linear, torch.matmul and torch.nn.attention.flex_attention.flex_attention) through mfa_torch, so
+models use it unchanged.
 
 The patch replaces the attributes on the torch.nn.functional and torch modules. Code that looks them up
 at call time (diffusers' processors and attention dispatcher, transformers' sdpa path, torch's own
@@ -17,9 +18,11 @@ import threading
 import warnings
 
 import torch
+import torch.nn.attention.flex_attention as _torch_flex
 import torch.nn.functional as F
 
 from . import attention as _attention
+from . import flex as _flex
 from . import gemm as _gemm
 from ._validation import FLOAT_DTYPES, overrides_torch_functions
 
@@ -96,6 +99,10 @@ def _matmul_tensors(input, other, *, out=None):
     return (input, other), None if out is None else "out= given"
 
 
+def _flex_tensors(query, key, value, *args, return_aux=None, **kwargs):
+    return (query, key, value), None if return_aux is None else "return_aux given"
+
+
 def _gemm_route(input, *args, **kwargs):
     return str(_gemm.route(input))
 
@@ -105,6 +112,7 @@ _TARGETS = {  # name -> (module, attribute, mfa_torch function, argument reader,
                   _attention.explain),
     "linear": (F, "linear", _gemm.linear, _linear_tensors, _gemm_route),
     "matmul": (torch, "matmul", _gemm.matmul, _matmul_tensors, _gemm_route),
+    "flex_attention": (_torch_flex, "flex_attention", _flex.flex_attention, _flex_tensors, _flex.explain),
 }
 
 
@@ -140,12 +148,14 @@ class _PatchState:
             _install(self._previous)
 
 
-def patch(attention=True, linear=False, matmul=False):
+def patch(attention=True, linear=False, matmul=False, flex_attention=False):
     """Route torch.nn.functional.scaled_dot_product_attention (attention=True), torch.nn.functional.linear
-    (linear=True) and torch.matmul (matmul=True) through mfa_torch. Idempotent and thread-safe; patches
-    already in place stay. `with mfa_torch.patch(): ...` restores the previous state on exit.
+    (linear=True), torch.matmul (matmul=True) and torch.nn.attention.flex_attention.flex_attention
+    (flex_attention=True) through mfa_torch. Idempotent and thread-safe; patches already in place stay.
+    `with mfa_torch.patch(): ...` restores the previous state on exit.
     """
-    wanted = {name for name, on in (("attention", attention), ("linear", linear), ("matmul", matmul)) if on}
+    wanted = {name for name, on in (("attention", attention), ("linear", linear), ("matmul", matmul),
+                                    ("flex_attention", flex_attention)) if on}
     with _lock:
         previous = frozenset(_installed)
         _install(previous | wanted)

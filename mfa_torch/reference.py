@@ -14,6 +14,9 @@ import math
 
 import torch
 
+from . import block_masks
+from .block_masks import CompactBlockMask
+
 # PyTorch's matmul, bound at import: mfa_torch.patch(matmul=True) may later replace torch.matmul with mfa_torch's.
 _matmul = torch.matmul
 
@@ -143,6 +146,8 @@ class _Problem:
 
     def _mask_block(self, i0, i1, j0, j1):
         m = self.mask
+        if isinstance(m, CompactBlockMask):  # a FlexAttention block mask: this block's elements, expanded
+            m = block_masks.allowed(*m, i0, i1, j0, j1)
         m = m[:, :, i0:i1] if m.shape[2] > 1 else m
         m = m[..., j0:j1] if m.shape[3] > 1 else m
         Bm, Hm = m.shape[0], m.shape[1]
@@ -278,7 +283,8 @@ def _accumulate_mask_grad(dmask, ds, i0, i1, j0, j1):
 
 def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bottom_right, softcap,
               dropout_p, dropout_seed):
-    """Yields (query rows, key rows, problem) for each dense problem of the canonical arguments."""
+    """Yields (query rows, key rows, problem) for each dense problem of the canonical arguments (mask: a tensor or a
+    CompactBlockMask)."""
     dropout = (dropout_p, *dropout_seed.tolist()) if dropout_p > 0 else None
     Hq = q.shape[1]
     if cu_q is None:
@@ -294,11 +300,12 @@ def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bot
 
 
 def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                      scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None):
+                      scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None, *,
+                      blocks=None):
     B, Hq, L, _ = q.shape
     out = torch.zeros(B, Hq, L, v.shape[-1], dtype=q.dtype, device=q.device)
     stats = _no_keys((B, Hq, L), stats_dtype(q.dtype), q.device)
-    for rows, _, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    for rows, _, pb in _problems(q, k, v, mask if blocks is None else blocks, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
                                     dropout_p, dropout_seed):
         o, row_stats = _forward_dense(pb, sinks)
@@ -309,15 +316,15 @@ def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, m
 
 def attention_backward(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
                        max_seqlen_q, max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                       dropout_p, dropout_seed, mask_grad):
+                       dropout_p, dropout_seed, mask_grad, *, blocks=None):
     acc = _acc_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     dk = torch.zeros(k.shape, dtype=acc, device=q.device)
     dv = torch.zeros(v.shape, dtype=acc, device=q.device)
     dmask = torch.zeros(mask.shape, dtype=acc, device=q.device) if mask_grad else None
-    for rows, keys, pb in _problems(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                       max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
-                                       dropout_p, dropout_seed):
+    for rows, keys, pb in _problems(q, k, v, mask if blocks is None else blocks, alibi_slopes, cu_seqlens_q,
+                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, (window_left, window_right),
+                                       bottom_right, softcap, dropout_p, dropout_seed):
         gq, gk, gv = _backward_dense(pb, grad_out[:, :, rows], stats[:, :, rows], dmask)
         dq[:, :, rows] = gq
         dk[:, :, keys] = gk

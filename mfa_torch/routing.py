@@ -78,7 +78,8 @@ class Route:
 _warned = set()
 
 
-def _warn_once(key, message):
+def warn_once(key, message):
+    """warnings.warn(message) the first time `key` is seen in this process."""
     with _lock:
         if key in _warned:
             return
@@ -104,11 +105,11 @@ def kernel_route(device, metal_lacks=()):
     wanted = "emulator" if chosen == "emulator" else \
         "metal" if device.type == "mps" and chosen in ("auto", "metal") else None
     if wanted == "metal" and not _C.has_mps_executor():
-        _warn_once("no-executor", "mfa_torch: this build has no MPS executor (compiled on another platform); MPS "
+        warn_once("no-executor", "mfa_torch: this build has no MPS executor (compiled on another platform); MPS "
                                   "tensors take the reference route (PyTorch operations)")
         return None
     if wanted and metal_lacks:
-        _warn_once(("lacks",) + tuple(metal_lacks), "mfa_torch: the Metal kernels do not implement "
+        warn_once(("lacks",) + tuple(metal_lacks), "mfa_torch: the Metal kernels do not implement "
                    + ", ".join(metal_lacks) + "; such calls take PyTorch's route or the reference route "
                    "(mfa_torch.explain names it)")
         return None

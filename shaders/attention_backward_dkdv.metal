@@ -51,6 +51,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
                                     device const float* delta [[buffer(MFA_ATTN_DELTA)]],
                                     device MFA_T* dk [[buffer(MFA_ATTN_DK)]],
                                     device MFA_T* dv [[buffer(MFA_ATTN_DV)]],
+                                    device const uint* mask_bits [[buffer(MFA_ATTN_MASK_BITS)]],
                                     uint3 group [[threadgroup_position_in_grid]],
                                     uint3 groups [[threadgroups_per_grid]],
                                     ushort sg [[simdgroup_index_in_threadgroup]],
@@ -97,6 +98,9 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   for (uint d = 0; d < DV_DIM / 8; d++) dv_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 #endif
 
+#if MFA_COUNT_TILES
+  uint computed = 0;  // query blocks computed, over the group's heads (MFA_COUNT_TILES)
+#endif
   for (uint g = 0; g < G; g++) {
     const uint head = kv_head * G + g;
     const long head_base = (long(sq.tensor_batch) * p.q_heads + head) * p.q_len + sq.q_first;
@@ -104,6 +108,16 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
     device const MFA_T* const q_rows = q + attention_row_offset(p.q_strides, sq.tensor_batch, head, sq.q_first);
     for (int block = block_begin; block < block_end; block++) {
       const int query0 = block * MFA_BLOCK_Q, queries = min(MFA_BLOCK_Q, sq.q_len - query0);
+      bool mask_full = false;
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS  // the block mask's query-side view: this key block's blocks down the queries
+      const int cover = attention_blocks_cover(p, mask, seq, head, 1, query0, query0 + queries - 1, key0,
+                                               min(key0 + MFA_BLOCK_KV, sq.kv_len) - 1);
+      if (cover == MFA_BLOCK_EMPTY) continue;  // the same for every thread: the block is never loaded
+      mask_full = cover == MFA_BLOCK_FULL;
+#endif
+#if MFA_COUNT_TILES
+      computed++;
+#endif
       threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous query block is consumed
       mfa_copy_rows<MFA_BLOCK_Q, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(q_tile, q_rows + query0 * p.q_strides[2],
                                                                       p.q_strides[2], queries, p.head_dim, tid,
@@ -152,7 +166,8 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
           const bool valid = key_valid && query < sq.q_len;
           bool allowed = false;
           const float score =
-              valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, inside_band, allowed) : MFA_MASKED_SCORE;
+              valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, mask_bits, inside_band, mask_full, allowed)
+                    : MFA_MASKED_SCORE;
           const float prob = attention_probability(score, allowed, softmax_tile[local]);
           const float keep = attention_dropout_factor(p, row, key);
 #if MFA_DKDV_OUTPUTS & MFA_DKDV_DK
@@ -182,7 +197,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   }
 #if MFA_COUNT_TILES
   if (tid == 0) {
-    tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = G * uint(max(0, block_end - block_begin));
+    tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = computed;
   }
 #endif
   if (key_valid) {

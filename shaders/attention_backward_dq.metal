@@ -41,6 +41,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                   device const float* delta [[buffer(MFA_ATTN_DELTA)]],
                                   device MFA_T* dq [[buffer(MFA_ATTN_DQ)]],
                                   device float* dmask [[buffer(MFA_ATTN_DMASK)]],
+                                  device const uint* mask_bits [[buffer(MFA_ATTN_MASK_BITS)]],
                                   uint3 group [[threadgroup_position_in_grid]],
                                   uint3 groups [[threadgroups_per_grid]],
                                   ushort sg [[simdgroup_index_in_threadgroup]],
@@ -58,7 +59,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const int row0 = int(group.x / SLICES) * MFA_BLOCK_Q;
   if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
   const uint dq_col0 = group.x % SLICES * DQ_DIM;  // this slice's first column of dQ (< head_dim)
-  const int2 band = attention_key_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G));
+  const int q_first = row0 / int(G), q_last = (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G);
+  const int2 band = attention_key_band(p, sq, q_first, q_last);
   const int block_begin = band.x / MFA_BLOCK_K;
   const int block_end = band.x <= band.y ? band.y / MFA_BLOCK_K + 1 : block_begin;
 
@@ -83,8 +85,20 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   #pragma clang loop unroll(full)
   for (uint d = 0; d < DQ_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
+#if MFA_COUNT_TILES
+  uint computed = 0;  // key blocks computed (MFA_COUNT_TILES)
+#endif
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
+    bool mask_full = false;
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS
+    const int cover = attention_blocks_cover(p, mask, seq, kv_head * G, G, q_first, q_last, key0, key0 + keys - 1);
+    if (cover == MFA_BLOCK_EMPTY) continue;  // the same for every thread: the block is never loaded
+    mask_full = cover == MFA_BLOCK_FULL;
+#endif
+#if MFA_COUNT_TILES
+    computed++;
+#endif
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous tiles are consumed
     mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, MFA_HEAD_DIM, THREADS>(k_tile, k_rows + key0 * p.k_strides[2],
                                                                     p.k_strides[2], keys, p.head_dim, tid,
@@ -95,8 +109,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                                                       p.wide_rows & 4u);
 #endif
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    const bool inside_band = attention_inside_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G),
-                                                   key0, key0 + MFA_BLOCK_K - 1);
+    const bool inside_band = attention_inside_band(p, sq, q_first, q_last, key0, key0 + MFA_BLOCK_K - 1);
     for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
       simdgroup_float8x8 s_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
       simdgroup_float8x8 dp_tile = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -124,7 +137,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
         const int key = key0 + int(j * 8 + tile_col + t);
         bool allowed = false;
         const float score =
-            row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, inside_band, allowed) : MFA_MASKED_SCORE;
+            row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, mask_bits, inside_band, mask_full, allowed)
+                      : MFA_MASKED_SCORE;
         const float prob = attention_probability(score, allowed, row_softmax);
         const float ds = prob * (dp[t] * attention_dropout_factor(p, row, key) - row_delta);
 #if MFA_MASK_GRAD
@@ -144,7 +158,7 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     }
   }
 #if MFA_COUNT_TILES
-  if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
+  if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = computed;
 #endif
   if (row_valid)  // dq is dense: with an even head dim every row begins on two elements
     mfa_store_row_tiles<DQ_DIM>(dq + q_row * p.head_dim + dq_col0, dq_tiles, 1.0f, p.head_dim - dq_col0, lane,

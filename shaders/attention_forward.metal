@@ -53,6 +53,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               constant AttentionParams& p [[buffer(MFA_ATTN_PARAMS)]],
                               device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
                               device const float* sinks [[buffer(MFA_ATTN_SINKS)]],
+                              device const uint* mask_bits [[buffer(MFA_ATTN_MASK_BITS)]],
                               uint3 group [[threadgroup_position_in_grid]],
                               uint3 groups [[threadgroups_per_grid]],
                               ushort sg [[simdgroup_index_in_threadgroup]],
@@ -71,7 +72,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const uint out_col0 = group.x % SLICES * OUT_DIM;  // this slice's first column of O (< value_dim: see SLICES)
 
   // Key blocks that some row of this threadgroup may attend, intersected with this split's share of the blocks.
-  const int2 band = attention_key_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G));
+  const int q_first = row0 / int(G), q_last = (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G);
+  const int2 band = attention_key_band(p, sq, q_first, q_last);
   int block_begin = band.x / MFA_BLOCK_K, block_end = band.x <= band.y ? band.y / MFA_BLOCK_K + 1 : block_begin;
   block_begin = max(block_begin, int(split * p.blocks_per_split));
   block_end = min(block_end, int((split + 1) * p.blocks_per_split));
@@ -102,8 +104,20 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   // exp(s - lse) from the same scores) would then disagree with this forward by that much per element.
   // Until its first allowed key a row has sum 0 and max MFA_MASKED_SCORE (attention_scores.h: no infinities).
   float row_max = MFA_MASKED_SCORE, row_sum = 0.0f;
+#if MFA_COUNT_TILES
+  uint computed = 0;  // key blocks computed (MFA_COUNT_TILES)
+#endif
   for (int block = block_begin; block < block_end; block++) {
     const int key0 = block * MFA_BLOCK_K, keys = min(MFA_BLOCK_K, sq.kv_len - key0);
+    bool mask_full = false;
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS
+    const int cover = attention_blocks_cover(p, mask, seq, kv_head * G, G, q_first, q_last, key0, key0 + keys - 1);
+    if (cover == MFA_BLOCK_EMPTY) continue;  // the same for every thread: the block is never loaded
+    mask_full = cover == MFA_BLOCK_FULL;
+#endif
+#if MFA_COUNT_TILES
+    computed++;
+#endif
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile is consumed
     mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k_rows + key0 * p.k_strides[2],
                                                                    p.k_strides[2], keys, p.head_dim, tid, wide_k);
@@ -123,8 +137,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
         simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
       }
     }
-    const bool inside_band = attention_inside_band(p, sq, row0 / int(G), (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G),
-                                                   key0, key0 + MFA_BLOCK_K - 1);
+    const bool inside_band = attention_inside_band(p, sq, q_first, q_last, key0, key0 + MFA_BLOCK_K - 1);
     float block_max = MFA_MASKED_SCORE;
     uint allowed_keys = 0;  // bit 2 j + t: this lane's key j * 8 + tile_col + t may be attended
     #pragma clang loop unroll(full)
@@ -133,7 +146,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       for (uint t = 0; t < 2; t++) {
         const int key = key0 + int(j * 8 + tile_col + t);
         bool allowed = false;
-        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, inside_band, allowed) : MFA_MASKED_SCORE;
+        s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, mask_bits, inside_band, mask_full, allowed)
+                         : MFA_MASKED_SCORE;
         allowed_keys |= uint(allowed) << (2 * j + t);
         block_max = max(block_max, s[t]);
       }
@@ -175,7 +189,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   }
 
 #if MFA_COUNT_TILES
-  if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = uint(max(0, block_end - block_begin));
+  if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = computed;
 #endif
   if (!row_valid) return;
 #if MFA_SINKS && !MFA_SPLIT_KV  // split-KV: the combine adds the sink once per row

@@ -31,11 +31,18 @@
 #define MFA_ATTN_DV 17
 #define MFA_ATTN_DMASK 18         // float (B, Hq, L, S) when MFA_MASK_GRAD: the score gradient
 #define MFA_ATTN_SINKS 19         // float (Hq,) when MFA_SINKS: attention sinks (forward and combine)
+#define MFA_ATTN_MASK_BITS 20     // MFA_MASK_BLOCKS: the partial blocks' bits (mfa_torch/block_masks.py)
 
-// Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores).
+// Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores), or a FlexAttention
+// block mask: the mask buffer holds an int state per (mask_block_q x mask_block_k) block (MFA_BLOCK_EMPTY,
+// MFA_BLOCK_FULL, or the block's index in the MFA_ATTN_MASK_BITS buffer), read through mask_strides over
+// (B, Hq, query blocks, key blocks).
 #define MFA_MASK_NONE 0
 #define MFA_MASK_BOOL 1
 #define MFA_MASK_FLOAT 2
+#define MFA_MASK_BLOCKS 3
+#define MFA_BLOCK_EMPTY (-1)
+#define MFA_BLOCK_FULL (-2)
 
 // What a dK/dV launch computes (define MFA_DKDV_OUTPUTS, a bit set): dV, dK or both.
 // MFA_SCORE_FEATURES: the score features a variant compiles in, a sum of the bits below (the planner sets them from
@@ -60,7 +67,8 @@
 // planner gives its column slices to threadgroups side by side in the grid's x; each recomputes the scores.
 
 struct AttentionParams {
-  mfa_i64 mask_strides[4];  // element strides of the mask over (B, Hq, L, S); 0 on broadcast dims
+  mfa_i64 mask_strides[4];  // element strides of the mask over (B, Hq, L, S) (block states: see MFA_MASK_BLOCKS); 0 on
+                            // broadcast dims
   mfa_i64 q_strides[3];     // element strides of q over (B, Hq, Lq); its last dim has stride 1
   mfa_i64 k_strides[3];     // of k over (B, Hk, Sk)
   mfa_i64 v_strides[3];     // of v over (B, Hk, Sk)
@@ -90,4 +98,6 @@ struct AttentionParams {
   mfa_u32 blocks_per_split;   // key blocks per split
   mfa_u32 max_seqlen_q;       // varlen: longest sequence (the combine grid); else Lq
   mfa_u32 wide_rows;          // bit 0 q, 1 k, 2 v, 3 grad_out: each row begins on 16 bytes, holds whole 16-byte chunks
+  mfa_u32 mask_block_q;       // MFA_MASK_BLOCKS: queries and keys per mask block
+  mfa_u32 mask_block_k;
 };

@@ -94,15 +94,57 @@ inline bool attention_inside_band(constant AttentionParams& p, thread const Atte
          (p.window_right < 0 || key_last <= query_first + s.offset + p.window_right);
 }
 
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS
+// The state of block (query block qb, key block kb) of the block mask of (batch, head).
+inline int attention_block_state(constant AttentionParams& p, device const int* states, uint batch, uint head, int qb,
+                                 int kb) {
+  return states[long(batch) * p.mask_strides[0] + long(head) * p.mask_strides[1] + long(qb) * p.mask_strides[2] +
+                long(kb) * p.mask_strides[3]];
+}
+
+// What the mask blocks under queries [q_first, q_last] of heads [head, head + heads) and keys [k_first, k_last]
+// (inside the sequence) hold: MFA_BLOCK_EMPTY if all are empty, MFA_BLOCK_FULL if all are full, else 0 (some
+// elements need their bits).
+inline int attention_blocks_cover(constant AttentionParams& p, device const int* states, uint batch, uint head,
+                                  uint heads, int q_first, int q_last, int k_first, int k_last) {
+  bool attends = false, full = true;
+  for (uint h = 0; h < (p.mask_strides[1] == 0 ? 1u : heads); h++) {  // heads sharing one mask: one look
+    for (int qb = q_first / int(p.mask_block_q); qb <= q_last / int(p.mask_block_q); qb++) {
+      for (int kb = k_first / int(p.mask_block_k); kb <= k_last / int(p.mask_block_k); kb++) {
+        const int state = attention_block_state(p, states, batch, head + h, qb, kb);
+        attends = attends || state != MFA_BLOCK_EMPTY;
+        full = full && state == MFA_BLOCK_FULL;
+      }
+    }
+  }
+  return !attends ? MFA_BLOCK_EMPTY : full ? MFA_BLOCK_FULL : 0;
+}
+
+// Whether the block mask lets `row` attend `key` (inside the sequence): its block's state, or its bit.
+inline bool attention_block_allows(constant AttentionParams& p, device const int* states, device const uint* bits,
+                                   thread const AttentionRow& row, int key) {
+  const int state = attention_block_state(p, states, row.batch, row.head, row.query / int(p.mask_block_q),
+                                          key / int(p.mask_block_k));
+  if (state < 0) return state == MFA_BLOCK_FULL;
+  const uint r = uint(row.query) % p.mask_block_q, c = uint(key) % p.mask_block_k;
+  return (bits[(long(state) * p.mask_block_q + r) * ((p.mask_block_k + 31) / 32) + c / 32] >> (c % 32)) & 1u;
+}
+#endif
+
 // Score in natural-log units from the raw dot product q . k, and whether the row may attend `key` at all (`allowed`:
-// false for the causal/window structure, a false bool mask entry or a -inf float one; the score is then
-// MFA_MASKED_SCORE). `inside_band`: the key's block lies inside the band (attention_inside_band), so only the mask
-// can exclude it.
+// false for the causal/window structure, a false bool mask entry, a -inf float one or the block mask; the score is
+// then MFA_MASKED_SCORE). `inside_band`: the key's block lies inside the band (attention_inside_band), so only the
+// mask can exclude it; `mask_full`: every block mask block under the key's block is full (attention_blocks_cover),
+// so the block mask cannot (mask_bits: the block mask's bits).
 template <typename MaskT>
 inline float attention_score(float dot, constant AttentionParams& p, thread const AttentionRow& row, int key,
-                             int kv_len, device const MaskT* mask, bool inside_band, thread bool& allowed) {
+                             int kv_len, device const MaskT* mask, device const uint* mask_bits, bool inside_band,
+                             bool mask_full, thread bool& allowed) {
   allowed = false;
   if (!inside_band && !attention_allowed(p, row, key, kv_len)) return MFA_MASKED_SCORE;
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS
+  if (!mask_full && !attention_block_allows(p, mask, mask_bits, row, key)) return MFA_MASKED_SCORE;
+#endif
   float s = dot * p.scale;
 #if MFA_SCORE_FEATURES & MFA_SCORE_SOFTCAP
   s = p.softcap * metal::precise::tanh(s / p.softcap);
@@ -111,7 +153,7 @@ inline float attention_score(float dot, constant AttentionParams& p, thread cons
   s -= row.slope * metal::abs(float(row.diagonal - key));
 #endif
   // The mask kind is chosen by the preprocessor, so no other kind's conversion (bool of a bfloat) is ever compiled.
-#if MFA_MASK_KIND != MFA_MASK_NONE
+#if MFA_MASK_KIND == MFA_MASK_BOOL || MFA_MASK_KIND == MFA_MASK_FLOAT
   const long at = long(row.batch) * p.mask_strides[0] + long(row.head) * p.mask_strides[1] +
                   long(row.query) * p.mask_strides[2] + long(key) * p.mask_strides[3];
 #if MFA_MASK_KIND == MFA_MASK_BOOL

@@ -157,13 +157,17 @@ def test_the_tile_counter_is_a_debug_temporary():
 def test_unused_buffers_are_bound_and_present_ones_by_name():
     plain = _C.plan_attention_forward(problem()).launches[0]
     assert {a.index: a.tensor for a in plain.arguments if a.tensor} == {
-        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q", 19: "q"}
+        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q", 19: "q", 20: "q"}
     assert [a.index for a in plain.arguments if not a.tensor] == [9]  # the params struct, as bytes
     full = _C.plan_attention_forward(problem(mask="bool", has_alibi=True, has_sinks=True)).launches[0]
     assert {a.index: a.tensor for a in full.arguments}[3] == "mask"
     assert {a.index: a.tensor for a in full.arguments}[4] == "alibi"
     assert {a.index: a.tensor for a in full.arguments}[19] == "sinks"
     assert dict(full.defines)["MFA_MASK_T"] == "uchar"
+    blocks = _C.plan_attention_forward(problem(mask="blocks", mask_block_q=16, mask_block_k=48)).launches[0]
+    assert {a.index: a.tensor for a in blocks.arguments}[3] == "mask"  # the block states
+    assert {a.index: a.tensor for a in blocks.arguments}[20] == "mask_bits"
+    assert dict(blocks.defines)["MFA_MASK_KIND"] == "3" and dict(blocks.defines)["MFA_MASK_T"] == "int"
 
 
 def test_empty_problems_have_no_launches():
@@ -181,6 +185,7 @@ def test_empty_problems_have_no_launches():
     ({"family": "apple6"}, "gpu family must be one of"),
     ({"q_len": 2 ** 31}, "q_len must be below 2\\^31"),
     ({"num_sequences": 2, "batch": 2}, "varlen problems must have batch 1"),
+    ({"mask": "blocks"}, "mask_block_q and mask_block_k must be in"),
 ])
 def test_problems_the_kernels_do_not_take_are_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -238,3 +238,19 @@ def test_counter_rows_of_a_case_with_sinks_and_two_head_dims():
     assert totals[label + " fwd"]["useful_mma_fraction"] == 1.0
     tiles = (128 // 8) ** 2
     assert totals[label + " bwd"]["useful_mma_fraction"] == pytest.approx(8 * tiles / (11 * tiles + 128 // 8))
+
+
+@pytest.mark.emulator
+def test_the_block_sparse_case_computes_only_the_attended_blocks():
+    """fp16 D = 64 on Apple7's table: 32 query rows x 128 keys forward blocks over the mask's 32 x 64 blocks, so a
+    kernel block is skipped exactly when both mask blocks under it are empty. The forward's products are those of
+    the computed blocks: (32 / 8) x (128 / 8) tiles x (E + Ev) / 8 each."""
+    case = kernel_counters.AttentionCase(torch.float16, 64, 64, 256, heads=1, block_sparse=True)
+    blocks = kernel_counters._block_sparse_mask(256, 1)
+    pairs = blocks.states.view(8, 2, 2) != -1  # the two 64-key mask blocks under each 128-key kernel block
+    computed = int(pairs.any(-1).sum())
+    assert 0 < computed < 16
+    rows = kernel_counters.attention_rows(case, "apple7")
+    (forward,) = [r for r in rows if r["kernel"] == "attention_forward"]
+    assert forward["mma"] == computed * (32 // 8) * (128 // 8) * (64 + 64) // 8
+    assert any("block-sparse" in r["case"] for r in rows)

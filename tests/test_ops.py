@@ -30,7 +30,17 @@ ATTENTION_CASES = {
                                     window=(-1, 0), bottom_right=True),
     "half": lambda: _forward_args(*_qkv(dtype=torch.float16)),
     "empty_keys": lambda: _forward_args(*_qkv(S=0)),
+    "block_mask": lambda: _forward_args(*_qkv()) + (None,) + _block_mask(),
 }
+
+
+def _block_mask(L=9, S=11, block_q=4, block_k=5):
+    """A compact block mask (mfa_torch/block_masks.py) for L x S in (block_q, block_k) blocks: empty, full and
+    partial blocks."""
+    states = torch.tensor([[-2, 0, -1], [1, -2, -1], [-1, 2, -2]], dtype=torch.int32).view(1, 1, 3, 3)
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (3, block_q, 1), dtype=torch.int32,
+                         generator=torch.Generator().manual_seed(0))
+    return states, bits, [block_q, block_k]
 
 
 @pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
@@ -38,14 +48,15 @@ def test_opcheck_attention_forward(case):
     torch.library.opcheck(torch.ops.mfa.attention_forward.default, ATTENTION_CASES[case]())
 
 
-@pytest.mark.parametrize("case", ["plain", "float_mask_with_grad", "varlen", "dropout"])
+@pytest.mark.parametrize("case", ["plain", "float_mask_with_grad", "varlen", "dropout", "block_mask"])
 def test_opcheck_attention_backward(case):
     args = ATTENTION_CASES[case]()
     q, k, v, mask = args[:4]
     out, stats = torch.ops.mfa.attention_forward(*args)
     mask_grad = mask is not None and mask.requires_grad
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-    backward_args = (torch.randn_like(out), *detached[:3], out.detach(), stats, *detached[3:], mask_grad)
+    blocks = tuple(detached[17:])  # the block mask's three arguments, after the sinks
+    backward_args = (torch.randn_like(out), *detached[:3], out.detach(), stats, *detached[3:16], mask_grad, *blocks)
     torch.library.opcheck(torch.ops.mfa.attention_backward.default, backward_args)
 
 

@@ -29,7 +29,7 @@ Streamed first_within_limit(const AttentionTileShape& shape, Registers registers
 
 Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
   validate_attention_problem(prob);
-  if (mask_grad && (prob.mask == "none" || prob.mask == "bool")) {
+  if (mask_grad && (prob.mask == "none" || prob.mask == "bool" || prob.mask == "blocks")) {
     throw std::invalid_argument("mask_grad needs a floating mask");
   }
   Plan plan;

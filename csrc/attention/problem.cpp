@@ -81,7 +81,12 @@ void validate_attention_problem(const AttentionProblem& p) {
     require(n <= kMax, std::string(name) + " must be below 2^31 for the Metal kernels, got " + std::to_string(n));
   }
   require(p.q_len * p.q_heads <= kMax, "q_len * q_heads must be below 2^31 (packed GQA rows are 32-bit)");
-  if (p.mask != "none" && p.mask != "bool") attention_metal_type(p.mask, "mask");
+  if (p.mask == "blocks") {
+    require(p.mask_block_q >= 1 && p.mask_block_k >= 1 && p.mask_block_q <= kMax && p.mask_block_k <= kMax,
+            "mask_block_q and mask_block_k must be in [1, 2^31)");
+  } else if (p.mask != "none" && p.mask != "bool") {
+    attention_metal_type(p.mask, "mask");
+  }
   require(p.num_sequences == 0 || p.batch == 1, "varlen problems must have batch 1");
   require(p.num_sequences == 0 || p.mask == "none", "mask is not supported together with cu_seqlens");
   require(p.dropout_p >= 0.0 && p.dropout_p < 1.0, "dropout_p must be in [0, 1)");
@@ -99,7 +104,10 @@ AttentionExtent attention_extent(const AttentionProblem& p) {
 }
 
 int attention_mask_kind(const AttentionProblem& p) {
-  return p.mask == "none" ? MFA_MASK_NONE : p.mask == "bool" ? MFA_MASK_BOOL : MFA_MASK_FLOAT;
+  return p.mask == "none"     ? MFA_MASK_NONE
+         : p.mask == "bool"   ? MFA_MASK_BOOL
+         : p.mask == "blocks" ? MFA_MASK_BLOCKS
+                              : MFA_MASK_FLOAT;
 }
 
 // AttentionParams::wide_rows: for q, k, v and the dense dO, whether each row (any batch, head and row index) begins on
@@ -155,6 +163,8 @@ AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, i
   params.blocks_per_split = mfa_u32(blocks_per_split);
   params.max_seqlen_q = mfa_u32(extent.rows);
   params.wide_rows = attention_wide_rows(prob, strides);
+  params.mask_block_q = mfa_u32(prob.mask_block_q);
+  params.mask_block_k = mfa_u32(prob.mask_block_k);
   return params;
 }
 
@@ -187,7 +197,9 @@ std::vector<std::pair<std::string, std::string>> attention_kernel_defines(const 
       // bfloat tiles become float where the matrix unit computes them, before Apple9
       {"MFA_BFLOAT_AS_FLOAT", p.dtype == "bfloat16" && !has_bfloat_arithmetic(parse_gpu_family(p.family)) ? "1" : "0"}};
   if (mask_kind != MFA_MASK_NONE) {
-    defines.push_back({"MFA_MASK_T", mask_kind == MFA_MASK_BOOL ? "uchar" : attention_metal_type(p.mask, "mask")});
+    defines.push_back({"MFA_MASK_T", mask_kind == MFA_MASK_BOOL     ? "uchar"
+                                     : mask_kind == MFA_MASK_BLOCKS ? "int"
+                                                                    : attention_metal_type(p.mask, "mask")});
   }
   return defines;
 }
@@ -217,7 +229,8 @@ std::vector<Argument> attention_kernel_arguments(const AttentionProblem& p, cons
           tensor_argument(MFA_ATTN_CU_K, bound_or_q(varlen, "cu_seqlens_k")),
           tensor_argument(MFA_ATTN_STATS, stats),
           bytes_argument(MFA_ATTN_PARAMS, params),
-          tensor_argument(MFA_ATTN_TILE_COUNT, bound_or_q(p.count_tiles, tile_count.c_str()))};
+          tensor_argument(MFA_ATTN_TILE_COUNT, bound_or_q(p.count_tiles, tile_count.c_str())),
+          tensor_argument(MFA_ATTN_MASK_BITS, bound_or_q(p.mask == "blocks", "mask_bits"))};
 }
 
 }  // namespace mfa

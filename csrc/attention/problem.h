@@ -19,8 +19,12 @@ namespace mfa {
 struct AttentionProblem {
   std::string dtype = "float32";  // of q, k, v and out: "float32", "float16" or "bfloat16"
   int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, value_dim = 0;
-  std::string mask = "none";  // "none", "bool", or the float mask's dtype ("float32", "float16", "bfloat16")
-  std::array<int64_t, 4> mask_strides{};  // element strides over (B, Hq, L, S), 0 on broadcast dims
+  // "none", "bool", the float mask's dtype ("float32", "float16", "bfloat16"), or "blocks" (a FlexAttention block
+  // mask: int32 states "mask" and bits "mask_bits", shaders/attention_params.h)
+  std::string mask = "none";
+  std::array<int64_t, 4> mask_strides{};  // element strides over (B, Hq, L, S) (blocks: over their blocks), 0 on
+                                          // broadcast dims
+  int64_t mask_block_q = 0, mask_block_k = 0;  // "blocks": queries and keys per mask block
   // Element strides of q, k, v over (B, H, rows, head dim), the last 1 (views are read in place); unset = contiguous.
   std::optional<std::array<int64_t, 4>> q_strides, k_strides, v_strides;
   // Whether q, k, v begin on a 16-byte boundary (their storage offsets: allocations are aligned). Rows that all begin

@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import block_masks
 from ..emulator import counters, profile
 from ..metal import attention as metal_attention
 from ..metal import gemm as metal_gemm
@@ -38,13 +39,32 @@ class AttentionCase(NamedTuple):
     length: int
     heads: int = HEADS
     sinks: bool = False
+    block_sparse: bool = False  # a FlexAttention block mask with half of its 32 x 64 blocks empty
 
 
-# What the full run adds to its grid: the largest head dims (E = Ev = 512, and DeepSeek's E = 576 with Ev = 512) and
-# attention sinks.
+# What the full run adds to its grid: the largest head dims (E = Ev = 512, and DeepSeek's E = 576 with Ev = 512),
+# attention sinks and a block-sparse mask.
 FEATURE_CASES = (AttentionCase(torch.float16, 512, 512, LARGE_DIM_SIZE),
                  AttentionCase(torch.float16, 576, 512, LARGE_DIM_SIZE),
-                 AttentionCase(torch.float16, 64, 64, SIZE, sinks=True))
+                 AttentionCase(torch.float16, 64, 64, SIZE, sinks=True),
+                 AttentionCase(torch.float16, 64, 64, SIZE, block_sparse=True))
+SPARSE_BLOCK = (32, 64)
+
+
+def _block_sparse_mask(length, heads):
+    """A random block mask (seeded) over length x length: each 32 x 64 block attends with probability 1/2, and
+    within an attending block a random half of the elements (partial blocks), or all of them (full blocks)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    gen = torch.Generator().manual_seed(1)
+    on = torch.rand(-(-length // SPARSE_BLOCK[0]), -(-length // SPARSE_BLOCK[1]), generator=gen) < 0.5
+    full = torch.rand(on.shape, generator=gen) < 0.5
+    coin = torch.rand(length, length, generator=gen) < 0.5
+
+    def mask_mod(b, h, q, kv):
+        qb, kb = q // SPARSE_BLOCK[0], kv // SPARSE_BLOCK[1]
+        return on[qb, kb] & (full[qb, kb] | coin[q, kv])
+    block_mask = create_block_mask(mask_mod, None, None, length, length, device="cpu", BLOCK_SIZE=SPARSE_BLOCK)
+    return block_masks.compact(block_mask, 1, heads, length, length, "cpu")
 
 
 def attention_cases(quick, dtypes=None, sizes=None, head_dims=None):
@@ -102,19 +122,22 @@ def attention_rows(case, family):
     q, k = (torch.randn(1, heads, length, e, generator=gen).to(dtype) for _ in range(2))
     v = torch.randn(1, heads, length, ev, generator=gen).to(dtype)
     sinks = torch.randn(heads, generator=gen) if case.sinks else None
+    blocks = _block_sparse_mask(length, heads) if case.block_sparse else None
     args = (None, None, None, None, length, length, e ** -0.5, -1, -1, False, 0.0, 0.0, None)
     dims = f"D={e}" if e == ev else f"E={e} Ev={ev}"
     label = f"attention {str(dtype).removeprefix('torch.')} {dims} H={heads} L=S={length}" + \
-        (" sinks" if case.sinks else "")
+        (" sinks" if case.sinks else "") + (" block-sparse" if case.block_sparse else "")
     with profile() as forward:
-        out, stats = metal_attention.forward(ROUTE, q, k, v, *args, sinks, family=family)
+        out, stats = metal_attention.forward(ROUTE, q, k, v, *args, sinks, blocks=blocks, family=family)
     grad = torch.randn_like(out)
     with profile() as backward:
-        metal_attention.backward(ROUTE, grad, q, k, v, out, stats, *args, False, family=family)
+        metal_attention.backward(ROUTE, grad, q, k, v, out, stats, *args, False, blocks=blocks, family=family)
+    # the scores of the blocks a block mask does not leave empty (every score without one)
+    attended = 1.0 if blocks is None else float((blocks.states != block_masks.EMPTY).float().mean())
     d = (e + ev) / 2  # the FLOP formulas take one head dim: QK^T is over E, PV over Ev
-    flops = formulas.attention_forward_flops(1, heads, length, length, d, False)
+    flops = formulas.attention_forward_flops(1, heads, length, length, d, False) * attended
     nominal = model.CHIPS[family].nominal_tflops * 1e12
-    scores = heads * length * length
+    scores = heads * length * length * attended
     tiles = scores / 64  # 8x8 score tiles; each product over a head dim takes dim / 8 MMAs
     rows = _rows(label + " fwd", family, forward.launches, _bytes(q, k, v, out, stats),
                  flops / (MFA_FORWARD[family].get(e, min(MFA_FORWARD[family].values())) * nominal),

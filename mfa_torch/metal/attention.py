@@ -60,14 +60,14 @@ def _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, botto
 
 
 def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
-            window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None, *, family=None,
-            count_tiles=False, checks=None):
-    """mfa::attention_forward on the Metal route (sinks: float32 (Hq,) or None). Debug keywords: family (block
-    tables of that GPU family), count_tiles (also return the key/value tiles each threadgroup computed), checks
-    (emulator checking mode)."""
+            window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None, *, blocks=None,
+            family=None, count_tiles=False, checks=None):
+    """mfa::attention_forward on the Metal route (sinks: float32 (Hq,) or None; blocks: a CompactBlockMask or None).
+    Debug keywords: family (block tables of that GPU family), count_tiles (also return the key/value tiles each
+    threadgroup computed), checks (emulator checking mode)."""
     problem, tensors = _prepare(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                                dropout_seed, family, count_tiles)
+                                dropout_seed, family, count_tiles, blocks)
     if sinks is not None:
         problem.has_sinks = True
         tensors["sinks"] = sinks.contiguous()
@@ -87,12 +87,13 @@ def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_
 
 def backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
              max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, mask_grad,
-             *, family=None, count_tiles=False, checks=None):
-    """mfa::attention_backward on the Metal route (debug keywords as forward; count_tiles returns the dQ and dK/dV
-    kernels' tile counts after the gradients). dmask only for masks with every dimension full (backward_lacks)."""
+             *, blocks=None, family=None, count_tiles=False, checks=None):
+    """mfa::attention_backward on the Metal route (blocks and debug keywords as forward; count_tiles returns the dQ
+    and dK/dV kernels' tile counts after the gradients). dmask only for masks with every dimension full
+    (backward_lacks)."""
     problem, tensors = _prepare(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                                dropout_seed, family, count_tiles)
+                                dropout_seed, family, count_tiles, blocks)
     grad_out = grad_out.contiguous()
     problem.grad_out_aligned = executors.begins_on_16_bytes(grad_out)
     plan = _C.plan_attention_backward(problem, mask_grad)
@@ -117,7 +118,7 @@ def _tile_count(temporaries, name):
 
 
 def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right, softcap,
-             dropout_p, seed, family, count_tiles):
+             dropout_p, seed, family, count_tiles, blocks=None):
     """The problem for the planner and the input tensors by the names plans bind."""
     # The kernels read q, k, v in place through their strides (views of packed qkv tensors: no copy) as long as the
     # head dim is dense; only a view with a strided head dim is copied, here, for the forward and the backward.
@@ -135,4 +136,10 @@ def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left,
     optional = {"mask": mask, "alibi": contiguous(alibi), "cu_seqlens_q": contiguous(cu_q),
                 "cu_seqlens_k": contiguous(cu_k)}
     tensors.update({name: t for name, t in optional.items() if t is not None})
+    if blocks is not None:  # the block states stand in the mask's place, read through their (broadcast) strides
+        states = blocks.states.contiguous()
+        problem.mask = "blocks"
+        problem.mask_strides = [0 if n == 1 else s for n, s in zip(states.shape, states.stride())]
+        problem.mask_block_q, problem.mask_block_k = blocks.block_size
+        tensors.update(mask=states, mask_bits=blocks.bits.contiguous())
     return problem, tensors

@@ -18,7 +18,7 @@ from . import lane_layout_self_test
 
 GPU_FAMILIES = ("apple7", "apple8", "apple9", "apple10")
 DTYPES = ("float32", "float16", "bfloat16")
-MASKS = ("none", "bool") + DTYPES
+MASKS = ("none", "bool") + DTYPES + ("blocks",)
 SOFTCAP, ALIBI, DROPOUT = 1, 2, 4  # the score features (shaders/attention_params.h, MFA_SCORE_FEATURES)
 SCORE_FEATURES = range(8)  # every combination
 HEAD_DIM_STEP = 8  # the planners round head dims up to a multiple of 8
@@ -38,12 +38,16 @@ class Variant:
 
 def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_dim=64, q_len=64, kv_len=64,
                       q_heads=8, kv_heads=2, count_tiles=False, score_features=0, sinks=False):
-    """A problem of one batch; score_features: a sum of SOFTCAP, ALIBI and DROPOUT switches those features on."""
+    """A problem of one batch; score_features: a sum of SOFTCAP, ALIBI and DROPOUT switches those features on;
+    mask "blocks": a FlexAttention block mask of 16 x 16 blocks shared by the heads."""
     p = _C.AttentionProblem()
     p.family, p.dtype, p.mask, p.count_tiles = family, dtype, mask, count_tiles
     p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len = 1, q_heads, kv_heads, q_len, kv_len
     p.head_dim, p.value_dim = head_dim, value_dim
-    if mask != "none":
+    if mask == "blocks":
+        p.mask_block_q = p.mask_block_k = 16
+        p.mask_strides = [0, 0, -(-kv_len // 16), 1]
+    elif mask != "none":
         p.mask_strides = [0, 0, kv_len, 1]
     if score_features & SOFTCAP:
         p.softcap = 30.0
@@ -67,7 +71,7 @@ def attention_plans(problem):
     """The forward plan and every backward plan (with a mask gradient when the mask is floating) of one problem."""
     yield _C.plan_attention_forward(problem)
     yield _C.plan_attention_backward(problem, False)
-    if problem.mask not in ("none", "bool"):
+    if problem.mask in DTYPES:  # a floating mask
         yield _C.plan_attention_backward(problem, True)
 
 

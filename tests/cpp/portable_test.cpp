@@ -146,17 +146,29 @@ void test_register_estimates() {
   // float16, E = Ev = 128, everything held: 24 + K 16 + V 16 + dK 32 + dV 32 + S 2 + (dP 2 + dO 1) = 125.
   AttentionTileShape half128;
   half128.head_dim = half128.value_dim = 128;
-  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DK | MFA_DKDV_DV, false, false), 125u);
-  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DV, false, false), 24u + 16 + 32 + 2 + 1);  // no V, dK or dP
+  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DK | MFA_DKDV_DV, false, false, 128), 125u);
+  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DV, false, false, 128), 24u + 16 + 32 + 2 + 1);  // no V, dK or dP
+  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DV, false, false, 64), 24u + 16 + 16 + 2 + 1);  // half of dV's columns
   // The forward with 64-key blocks: 24 + Q 16 + O 32 + S 16 + zeroing a score tile 2 = 90; Q streamed: 24 + O 32 +
   // S 16 + a Q and a K tile 2 = 74.
   half128.block_k = 64;
-  CHECK_EQ(forward_registers(half128, false), 90u);
-  CHECK_EQ(forward_registers(half128, true), 74u);
+  CHECK_EQ(forward_registers(half128, false, 128), 90u);
+  CHECK_EQ(forward_registers(half128, true, 128), 74u);
+  CHECK_EQ(forward_registers(half128, true, 64), 74u - 16);  // O in two column slices: 8 tiles a threadgroup
   // float32 tiles take 2 registers; dQ: 24 + Q 32 + dO 32 + dQ 32 + S, dP 4 + K 2 = 126.
   AttentionTileShape float128 = half128;
   float128.operand_registers = float128.held_registers = 2;
-  CHECK_EQ(dq_registers(float128, false, false), 126u);
+  CHECK_EQ(dq_registers(float128, false, false, 128), 126u);
+  CHECK_EQ(dq_registers(float128, true, true, 64), 126u - 32 - 32 - 16 + 2);  // Q, dO streamed, half of dQ
+}
+
+void test_widest_fitting_slice() {
+  // The whole, then halves, thirds, ... in whole 8-column tiles: 512 -> 256 -> 176 (ceil(512 / 3) = 171 -> 176).
+  CHECK_EQ(widest_fitting_slice(512, [](uint32_t w) { return w <= 512; }), 512u);
+  CHECK_EQ(widest_fitting_slice(512, [](uint32_t w) { return w <= 300; }), 256u);
+  CHECK_EQ(widest_fitting_slice(512, [](uint32_t w) { return w <= 200; }), 176u);
+  CHECK_EQ(widest_fitting_slice(576, [](uint32_t w) { return w <= 288; }), 288u);
+  CHECK_EQ(widest_fitting_slice(64, [](uint32_t) { return false; }), 8u);
 }
 
 void test_attention_forward_plan() {
@@ -267,8 +279,16 @@ void test_attention_backward_plan() {
 
 void test_attention_bad_and_empty_problems() {
   AttentionProblem p = decoding_problem();
-  p.head_dim = 300;
-  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "head_dim must be in [1, 256]");
+  p.head_dim = 577;
+  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "head_dim must be in [1, 576]");
+  p = decoding_problem();
+  p.value_dim = 513;
+  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "value_dim must be in [1, 512]");
+  p = decoding_problem();
+  p.mask = "blocks";  // a block mask without its block sizes
+  CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "mask_block_q and mask_block_k must be in");
+  p.mask_block_q = p.mask_block_k = 16;
+  CHECK_THROWS(std::invalid_argument, plan_attention_backward(p, true), "mask_grad needs a floating mask");
   p = decoding_problem();
   p.q_heads = 6, p.kv_heads = 4;
   CHECK_THROWS(std::invalid_argument, plan_attention_forward(p), "q_heads must be a multiple of kv_heads");
@@ -419,6 +439,7 @@ int main(int argc, char** argv) {
       {"gpu_family", test_gpu_family},
       {"block_tables", test_block_tables},
       {"register_estimates", test_register_estimates},
+      {"widest_fitting_slice", test_widest_fitting_slice},
       {"attention_forward_plan", test_attention_forward_plan},
       {"attention_forward_split_kv", test_attention_forward_split_kv},
       {"attention_forward_varlen", test_attention_forward_varlen},

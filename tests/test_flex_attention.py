@@ -1,0 +1,195 @@
+"""mfa_torch.flex_attention with the BlockMasks people build (causal, sliding window, prefix-LM, document masks of
+packed sequences, a random block-sparse mask), forward and backward, on the reference route and on the Metal
+kernels under the emulator, against the fp64 oracle given the dense equivalent mask (2x-PyTorch-error rule); the
+tile counters show that exactly the non-empty blocks are computed; score_mod on the reference route; the patch."""
+import warnings
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import create_block_mask
+
+import mfa_torch
+from mfa_torch import block_masks, routing
+from mfa_torch.metal import attention as metal_attention
+from oracle import assert_rule, attention_fp64, torch_attention_same_dtype
+
+BACKENDS = ["reference", "emulator"]
+DOCUMENTS = torch.tensor([0] * 30 + [1] * 45 + [2] * 25)  # the document of each of 100 packed tokens
+
+
+def causal(b, h, q, kv):
+    return q >= kv
+
+
+def sliding_window(b, h, q, kv):
+    return (q >= kv) & (q - kv <= 24)
+
+
+def prefix_lm(b, h, q, kv):
+    return (kv < 20) | (q >= kv)
+
+
+def document(b, h, q, kv):
+    return (DOCUMENTS[q] == DOCUMENTS[kv]) & (q >= kv)
+
+
+_ON = torch.rand(8, 8, generator=torch.Generator().manual_seed(7)) < 0.4  # which 16 x 16 blocks attend
+
+
+def block_sparse(b, h, q, kv):
+    return _ON[q // 16, kv // 16]
+
+
+def per_head(b, h, q, kv):  # a mask that differs by batch and head: causal with a window of 10 + 7 b + 5 h
+    return (q >= kv) & (q - kv <= 10 + 7 * b + 5 * h)
+
+
+def _dense(mask_mod, B, H, L, S):
+    b, h = torch.arange(B).view(-1, 1, 1, 1), torch.arange(H).view(1, -1, 1, 1)
+    return mask_mod(b, h, torch.arange(L).view(1, 1, -1, 1), torch.arange(S).view(1, 1, 1, -1)).expand(B, H, L, S)
+
+
+def _inputs(B, Hq, Hk, L, S, E, Ev, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, d, generator=g).to(dtype).requires_grad_() for H, n, d in
+            ((Hq, L, E), (Hk, S, E), (Hk, S, Ev))]
+
+
+def _check_against_oracle(backend, mask_mod, mask_b, mask_h, shape, dtype, block_size, **kwargs):
+    B, Hq, Hk, L, S, E, Ev = shape
+    q, k, v = _inputs(*shape, dtype)
+    block_mask = create_block_mask(mask_mod, mask_b, mask_h, L, S, device="cpu", BLOCK_SIZE=block_size)
+    with mfa_torch.backend(backend):
+        out, lse = mfa_torch.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=Hq != Hk, return_lse=True,
+                                            **kwargs)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    dense = _dense(mask_mod, mask_b or 1, mask_h or 1, L, S)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref, ref_lse = attention_fp64(*leaves, mask=dense, **kwargs)
+    ref_grads = torch.autograd.grad(ref, leaves, grad.double())
+    same = [t.detach().requires_grad_() for t in (q, k, v)]
+    t_out = torch_attention_same_dtype(*same, mask=dense, **kwargs)[0]
+    t_grads = torch.autograd.grad(t_out, same, grad)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert_rule("out", out, t_out, ref, dtype)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))
+    assert_rule("lse", lse, None, ref_lse, dtype)
+    for name, ours, want, theirs in zip(("dq", "dk", "dv"), grads, ref_grads, t_grads):
+        assert_rule(name, ours, theirs, want, dtype)
+
+
+MASKS = [  # (mask_mod, B, H of the mask, dtype, BLOCK_SIZE)
+    (causal, None, None, torch.float16, 128),
+    (sliding_window, None, None, torch.bfloat16, (32, 16)),
+    (prefix_lm, None, None, torch.float32, (48, 20)),  # blocks that are not multiples of the kernels' tiles
+    (document, None, None, torch.float16, 16),
+    (block_sparse, None, None, torch.float16, 16),
+    (per_head, 2, 4, torch.float32, (16, 32)),  # one mask per (batch, head)
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask_mod, mask_b, mask_h, dtype, block_size", MASKS,
+                         ids=[m[0].__name__ for m in MASKS])
+def test_block_masks_forward_and_backward(backend, mask_mod, mask_b, mask_h, dtype, block_size):
+    _check_against_oracle(backend, mask_mod, mask_b, mask_h, (2, 4, 2, 100, 100, 24, 16), dtype, block_size)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_the_mask_empties_give_zero_and_minus_infinite_lse(backend):
+    """Queries 50.. attend nothing (their blocks are empty), and a scale."""
+    def first_half(b, h, q, kv):
+        return (q < 50) & (kv <= q)
+    _check_against_oracle(backend, first_half, None, None, (1, 2, 2, 80, 70, 16, 16), torch.float16, 16, scale=0.3)
+
+
+@pytest.mark.emulator
+def test_tile_counters_count_exactly_the_non_empty_blocks():
+    """Mask blocks of the kernels' own tile sizes (fp16, E = 16 on Apple7's table: 32 query rows, 128 keys forward;
+    32 x 32 backward): every threadgroup computes exactly its non-empty mask blocks, forward, dQ and dK/dV."""
+    B, H, L, S, E = 1, 2, 256, 512, 16
+    q, k, v = (t.detach() for t in _inputs(B, H, H, L, S, E, E, torch.float16))
+    args = (None, None, None, None, L, S, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    for block_size, passes in (((32, 128), "forward"), ((32, 32), "backward")):
+        block_mask = create_block_mask(block_sparse_wide, None, None, L, S, device="cpu", BLOCK_SIZE=block_size)
+        blocks = block_masks.compact(block_mask, B, H, L, S, "cpu")
+        non_empty = int((blocks.states != block_masks.EMPTY).sum()) * H  # the mask is shared by the heads
+        assert 0 < non_empty < H * blocks.states.numel()
+        out, stats, tiles = metal_attention.forward("emulator", q, k, v, *args, blocks=blocks, family="apple7",
+                                                    count_tiles=True)
+        if passes == "forward":
+            assert int(tiles.sum()) == non_empty
+            continue
+        *_, dq_tiles, dkdv_tiles = metal_attention.backward(
+            "emulator", torch.randn_like(out), q, k, v, out, stats, *args, False, blocks=blocks, family="apple7",
+            count_tiles=True)
+        assert int(dq_tiles.sum()) == non_empty and int(dkdv_tiles.sum()) == non_empty
+
+
+def block_sparse_wide(b, h, q, kv):
+    return _ON[q // 32, kv // 64]
+
+
+def test_score_mod_runs_on_the_reference_route_with_a_warning(monkeypatch):
+    """A relative-position bias and a tanh softcap as score_mod, with a causal block mask, forward and backward:
+    chunked over queries (the chunk forced small here), against the fp64 oracle given the same scores."""
+    monkeypatch.setattr(routing, "_warned", set())
+    monkeypatch.setattr(mfa_torch.flex, "_SCORES_PER_CHUNK", 2 * 3 * 40 * 17)  # chunks of 17 query rows
+    bias = torch.randn(4, 80, generator=torch.Generator().manual_seed(3))  # per head, per distance
+
+    def score_mod(score, b, h, q, kv):
+        return 20 * torch.tanh((score + bias[h, (q - kv).abs()]) / 20)
+
+    q, k, v = _inputs(2, 4, 4, 40, 60, 16, 8, torch.float32)
+    block_mask = create_block_mask(causal, None, None, 40, 60, device="cpu", BLOCK_SIZE=16)
+    with mfa_torch.backend("emulator"):
+        assert "score_mod" in mfa_torch.flex.explain(q, k, v, score_mod=score_mod)
+        with pytest.warns(UserWarning, match="score_mod: mfa_torch runs it with PyTorch operations"):
+            out, lse = mfa_torch.flex_attention(q, k, v, score_mod, block_mask, return_lse=True)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    b, h = torch.arange(2).view(-1, 1, 1, 1), torch.arange(4).view(1, -1, 1, 1)
+    qi, kv = torch.arange(40).view(1, 1, -1, 1), torch.arange(60).view(1, 1, 1, -1)
+    s = score_mod(leaves[0] @ leaves[1].transpose(-1, -2) / 4.0, b, h, qi, kv)
+    s = s.masked_fill(~causal(b, h, qi, kv), float("-inf"))
+    ref = torch.softmax(s, -1) @ leaves[2]
+    ref_grads = torch.autograd.grad(ref, leaves, grad.double())
+    assert_rule("out", out, None, ref, torch.float32)
+    assert_rule("lse", lse, None, torch.logsumexp(s, -1), torch.float32)
+    for name, ours, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert_rule(name, ours, None, want, torch.float32)
+
+
+def test_patch_routes_torch_flex_attention_through_mfa_torch():
+    import torch.nn.attention.flex_attention as torch_flex
+    original = torch_flex.flex_attention
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, 40, 40, 16, 16, torch.float32))
+    block_mask = create_block_mask(causal, None, None, 40, 40, device="cpu", BLOCK_SIZE=16)
+    with mfa_torch.patch(attention=False, flex_attention=True):
+        assert torch_flex.flex_attention is not original
+        assert "mfa_torch.flex_attention" in torch_flex.flex_attention.explain(q, k, v, block_mask=block_mask)
+        with mfa_torch.backend("emulator"):
+            out = torch_flex.flex_attention(q, k, v, block_mask=block_mask)
+    assert torch_flex.flex_attention is original
+    ref, _ = attention_fp64(q.double(), k.double(), v.double(), causal="upper_left")
+    assert_rule("out", out, None, ref, torch.float32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda q, k, v, bm: mfa_torch.flex_attention(q, k, v, block_mask=bm(41, 40)), "built for .* 40 queries"),
+    (lambda q, k, v, bm: mfa_torch.flex_attention(q, k, v, block_mask="causal"), "must be a .*BlockMask"),
+    (lambda q, k, v, bm: mfa_torch.flex_attention(q[0], k, v), "query must be 4-D"),
+    (lambda q, k, v, bm: mfa_torch.flex_attention(q, k[:, :1], v[:, :1]), "pass enable_gqa=True"),
+    (lambda q, k, v, bm: mfa_torch.flex_attention(q, k.half(), v), "key .* must match query"),
+])
+def test_bad_arguments_are_clear_errors(call, message):
+    q, k, v = (t.detach() for t in _inputs(1, 2, 2, 40, 40, 16, 16, torch.float32))
+
+    def block_mask(L, S):
+        return create_block_mask(causal, None, None, L, S, device="cpu", BLOCK_SIZE=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises((ValueError, TypeError), match=message):
+            call(q, k, v, block_mask)
