@@ -9,7 +9,8 @@
 // that would take too many registers); K and V tiles are copied into threadgroup memory as they are (16 bytes per
 // access where their rows allow); operands are taken by the matrix unit in the input type (float for bfloat before
 // Apple9).
-// Key blocks outside the causal/window band of the threadgroup's rows are never loaded.
+// Key blocks outside the causal/window band of the threadgroup's rows are never loaded, nor those whose block mask
+// blocks (MFA_MASK_BLOCKS, a FlexAttention block mask) are all empty.
 //
 // Defines (chosen by csrc/attention/forward_plan.cpp): MFA_T (input type), MFA_HEAD_DIM / MFA_VALUE_DIM (E, Ev
 // rounded up to 8), MFA_SLICE_DIM (columns of O per threadgroup, attention_params.h), MFA_BLOCK_Q (8 * SIMD-groups),

@@ -3,7 +3,7 @@ copied into an allocation of exactly its size: any access outside a tensor or pa
 checks="races" (ThreadSanitizer with one fiber per GPU thread: two threads of a threadgroup touching the same memory,
 one writing, with no barrier between them, fail). Each run is also checked against the fp64 oracle.
 
-Three calls cover every code path of attention_forward, attention_combine, attention_backward_delta,
+The calls cover every code path of attention_forward, attention_combine, attention_backward_delta,
 attention_backward_dq and attention_backward_dkdv:
   A  float mask over every dimension with its gradient (dQ kernel's MFA_MASK_GRAD), GQA, window band, ALiBi, softcap,
      dropout, float16 with head dims 20 / 12 (zero-padded to 24 / 16); edge tiles in both directions (42 packed rows in
@@ -16,6 +16,8 @@ attention_backward_dq and attention_backward_dkdv:
      last threadgroup of 4 rows is partial); q, k, v are views of packed (total, H, D) tokens; forward and backward.
   D  contiguous float16 with head dims 64: rows copied 16 bytes per access (AttentionParams::wide_rows) and the last
      key block partial (200 keys in blocks of 128); forward and backward.
+  E  a FlexAttention block mask (MFA_MASK_BLOCKS) that differs by query head, in 16 x 24 blocks over 37 queries and
+     70 keys: empty, full and partial blocks, the last ones cut by the sequences' ends; GQA; forward and backward.
 The checked builds compile slowly (~15 s each, cached on disk afterwards): the variants are compiled up front, two
 at a time, and shared by the cases of a mode.
 """
@@ -23,8 +25,9 @@ import concurrent.futures
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
 
-from mfa_torch import _C, emulator
+from mfa_torch import _C, block_masks, emulator
 from mfa_torch.metal import attention as metal_attention
 from mfa_torch.metal.shader_files import shader_dir
 from mfa_torch.reference import dropout_keep_mask
@@ -41,10 +44,29 @@ def _cu(lengths):
     return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
 
+def _block_mask_mod(b, h, q, kv):  # head 0: every block full; the others: empty and partial blocks
+    return (h == 0) | ((((q // 10) == (kv // 12)) | (kv < 5)) & ((q + kv + h) % 4 != 0))
+
+
+def _blocks(name):
+    """The compact block mask of case E (None for the others)."""
+    if name != "E":
+        return None
+    block_mask = create_block_mask(_block_mask_mod, None, 4, 37, 70, device="cpu", BLOCK_SIZE=(16, 24))
+    return block_masks.compact(block_mask, 1, 4, 37, 70, "cpu")
+
+
 def _case(name):
-    """(arguments of metal_attention.forward after the route, mask_grad, oracle) for case A, B or C."""
+    """(arguments of metal_attention.forward after the route, mask_grad, oracle) for case A to E."""
     g = torch.Generator().manual_seed(ord(name))
     rand = lambda *s: torch.randn(s, generator=g)  # noqa: E731
+    if name == "E":
+        Hq, Hk, L, S, E, Ev = 4, 2, 37, 70, 20, 12
+        q, k, v = rand(1, Hq, L, E).to(DTYPE), rand(1, Hk, S, E).to(DTYPE), rand(1, Hk, S, Ev).to(DTYPE)
+        args = (q, k, v, None, None, None, None, L, S, 0.3, -1, -1, False, 0.0, 0.0, None)
+        dense = _block_mask_mod(0, torch.arange(Hq).view(1, -1, 1, 1), torch.arange(L).view(1, 1, -1, 1),
+                                torch.arange(S).view(1, 1, 1, -1))
+        return args, False, lambda q, k, v, mask: attention_fp64(q, k, v, mask=dense, scale=0.3)
     if name == "A":
         B, Hq, Hk, L, S, E, Ev, p = 2, 4, 2, 21, 80, 20, 12, 0.2
         q, k, v = (rand(B, n, H, d).to(DTYPE).transpose(1, 2) for n, H, d in ((L, Hq, E), (S, Hk, E), (S, Hk, Ev)))
@@ -85,7 +107,8 @@ def _case(name):
     return args, False, oracle
 
 
-CASES = {"A": ("forward", "backward"), "B": ("forward",), "C": ("forward", "backward"), "D": ("forward", "backward")}
+CASES = {"A": ("forward", "backward"), "B": ("forward",), "C": ("forward", "backward"), "D": ("forward", "backward"),
+         "E": ("forward", "backward")}
 
 
 def _variants():
@@ -93,7 +116,7 @@ def _variants():
     variants = set()
     for name, passes in CASES.items():
         args, mask_grad, _ = _case(name)
-        problem, _ = metal_attention._prepare("emulator", *args, FAMILY, False)
+        problem, _ = metal_attention._prepare("emulator", *args, FAMILY, False, _blocks(name))
         plans = [_C.plan_attention_forward(problem)]
         if "backward" in passes:
             plans.append(_C.plan_attention_backward(problem, mask_grad))
@@ -122,7 +145,7 @@ def test_the_cases_cover_every_attention_shader(compiled):
     assert compiled == {"attention_forward.metal", "attention_combine.metal", "attention_backward_delta.metal",
                         "attention_backward_dq.metal", "attention_backward_dkdv.metal"}
     kinds = {dict(defines).get("MFA_MASK_KIND") for _, defines in _variants()}
-    assert kinds >= {"0", "1", "2"}
+    assert kinds >= {"0", "1", "2", "3"}
     assert any(dict(d).get("MFA_MASK_GRAD") == "1" for _, d in _variants())
     assert any(dict(d).get("MFA_SPLIT_KV") == "1" for _, d in _variants())
 
@@ -132,7 +155,8 @@ def test_the_cases_cover_every_attention_shader(compiled):
 def test_kernels_under_checked_modes(compiled, name, checks):
     args, mask_grad, oracle = _case(name)
     q, k, v, mask = args[0], args[1], args[2], args[3]
-    out, stats = metal_attention.forward("emulator", *args, family=FAMILY, checks=checks)
+    blocks = _blocks(name)
+    out, stats = metal_attention.forward("emulator", *args, blocks=blocks, family=FAMILY, checks=checks)
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
     dense_mask = None if mask is None else mask if mask.dtype == torch.bool else mask.double().requires_grad_()
     ref, ref_lse = oracle(*leaves, dense_mask)
@@ -142,7 +166,7 @@ def test_kernels_under_checked_modes(compiled, name, checks):
         return
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DTYPE)
     dq, dk, dv, dmask = metal_attention.backward("emulator", grad, q, k, v, out, stats, *args[3:], mask_grad,
-                                                 family=FAMILY, checks=checks)
+                                                 blocks=blocks, family=FAMILY, checks=checks)
     wrt = leaves + ([dense_mask] if mask_grad else [])
     ref_grads = torch.autograd.grad(ref, wrt, grad.double())
     for gname, ours, want in zip(("dq", "dk", "dv", "dmask"), (dq, dk, dv, dmask), ref_grads):
