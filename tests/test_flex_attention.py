@@ -193,3 +193,22 @@ def test_bad_arguments_are_clear_errors(call, message):
         warnings.simplefilter("ignore")
         with pytest.raises((ValueError, TypeError), match=message):
             call(q, k, v, block_mask)
+
+
+def test_a_drop_in_for_torch_flex_attention():
+    """The same output and lse (natural log) as PyTorch's own flex_attention on the same BlockMask and score_mod
+    (float32 on the CPU, PyTorch's unfused path), to float32 rounding."""
+    from torch.nn.attention.flex_attention import flex_attention
+    q, k, v = (t.detach() for t in _inputs(1, 4, 2, 64, 80, 16, 8, torch.float32))
+    block_mask = create_block_mask(sliding_window, None, None, 64, 80, device="cpu", BLOCK_SIZE=16)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + 0.05 * (q_idx - kv_idx) * (h + 1)
+    for mod in (None, score_mod):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyTorch's unfused path and mfa_torch's score_mod route both warn
+            theirs = flex_attention(q, k, v, mod, block_mask, enable_gqa=True, return_lse=True)
+            ours = mfa_torch.flex_attention(q, k, v, mod, block_mask, enable_gqa=True, return_lse=True)
+        for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
