@@ -242,15 +242,15 @@ def test_counter_rows_of_a_case_with_sinks_and_two_head_dims():
 
 @pytest.mark.emulator
 def test_the_block_sparse_case_computes_only_the_attended_blocks():
-    """fp16 D = 64 on Apple7's table: 32 query rows x 128 keys forward blocks over the mask's 32 x 64 blocks, so a
-    kernel block is skipped exactly when both mask blocks under it are empty. The forward's products are those of
-    the computed blocks: (32 / 8) x (128 / 8) tiles x (E + Ev) / 8 each."""
+    """fp16 D = 64 on Apple7's table: 32 query rows per forward block, and keys in blocks of 64, the mask's (the
+    table's 128 halved to fit it), so the forward computes exactly the attended 32 x 64 mask blocks:
+    (32 / 8) x (64 / 8) tiles x (E + Ev) / 8 products each."""
     case = kernel_counters.AttentionCase(torch.float16, 64, 64, 256, heads=1, block_sparse=True)
     blocks = kernel_counters._block_sparse_mask(256, 1)
-    pairs = blocks.states.view(8, 2, 2) != -1  # the two 64-key mask blocks under each 128-key kernel block
-    computed = int(pairs.any(-1).sum())
-    assert 0 < computed < 16
+    computed = int((blocks.states != -1).sum())
+    assert 0 < computed < blocks.states.numel()
     rows = kernel_counters.attention_rows(case, "apple7")
     (forward,) = [r for r in rows if r["kernel"] == "attention_forward"]
-    assert forward["mma"] == computed * (32 // 8) * (128 // 8) * (64 + 64) // 8
+    assert forward["defines"].split().count("MFA_BLOCK_K=64") == 1
+    assert forward["mma"] == computed * (32 // 8) * (64 // 8) * (64 + 64) // 8
     assert any("block-sparse" in r["case"] for r in rows)

@@ -17,6 +17,9 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   const int64_t tile_dim = round_up(std::max(prob.head_dim, prob.value_dim), 8);
   const uint32_t element_bytes = uint32_t(attention_element_bytes(prob));
   AttentionBlocks blocks = attention_forward_blocks(parse_gpu_family(prob.family), uint32_t(tile_dim), element_bytes);
+  // A block mask's key blocks shorter than the table's: key blocks of the largest power of two within them (at
+  // least 32 keys), so a skipped tile is a skipped mask block instead of the union of several.
+  while (prob.mask == "blocks" && blocks.block_k > 32 && blocks.block_k > uint32_t(prob.mask_block_k)) blocks.block_k /= 2;
   // Decoding: fewer packed rows (queries x GQA group) than a block gets a smaller threadgroup.
   const int64_t packed_rows = rows * group;
   const int64_t block_q = std::min<int64_t>(blocks.block_q, round_up(packed_rows, 8));

@@ -98,6 +98,8 @@ def _attention_grid(family):
         for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
             for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)
                 yield attention_problem(family, dtype, q_len=q_len, kv_len=kv_len, q_heads=1, kv_heads=1)
+    for q_len in (1, 9, 17, 25):  # a block mask's key blocks (32 keys for its 16-key blocks) under short queries
+        yield attention_problem(family, "float16", "blocks", q_len=q_len, q_heads=1, kv_heads=1)
 
 
 def _gemm_grid(family):
