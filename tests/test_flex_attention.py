@@ -2,10 +2,13 @@
 packed sequences, a random block-sparse mask), forward and backward, on the reference route and on the Metal
 kernels under the emulator, against the fp64 oracle given the dense equivalent mask (2x-PyTorch-error rule); the
 tile counters show that exactly the non-empty blocks are computed; score_mod on the reference route; the patch."""
+import itertools
 import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
 
 import mfa_torch
@@ -212,3 +215,27 @@ def test_a_drop_in_for_torch_flex_attention():
         for a, b in zip(ours, theirs):
             assert a.dtype == b.dtype and a.shape == b.shape
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 90), S=st.integers(1, 90), block_q=st.integers(1, 40), block_k=st.integers(1, 70),
+       heads=st.sampled_from([1, 3]), seed=st.integers(0, 2 ** 16))
+def test_the_compact_form_holds_exactly_the_mask(L, S, block_q, block_k, heads, seed):
+    """block_masks.compact then block_masks.allowed give back every element of a random mask_mod (per head, block
+    sizes of any size: rows of one or several 32-bit words, blocks cut by the sequences' ends), and a block is
+    EMPTY or FULL only where the mask says so."""
+    table = torch.rand(heads, L, S, generator=torch.Generator().manual_seed(seed)) < 0.5
+    table[:, : L // 2] = True  # full blocks too
+
+    def mask_mod(b, h, q, kv):
+        return table[h, q, kv]
+    block_mask = create_block_mask(mask_mod, None, heads, L, S, device="cpu", BLOCK_SIZE=(block_q, block_k))
+    blocks = block_masks.compact(block_mask, 2, heads, L, S, "cpu")
+    i0, j0 = L // 3, S // 4  # an arbitrary window of rows and keys
+    got = block_masks.allowed(*blocks, i0, L, j0, S)
+    assert torch.equal(got[0], table[:, i0:, j0:])
+    for qb, kb in itertools.product(range(blocks.states.shape[2]), range(blocks.states.shape[3])):
+        part = table[:, qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
+        state = blocks.states[0, :, qb, kb]
+        assert torch.equal(state == block_masks.EMPTY, ~part.flatten(1).any(1))
+        assert bool((~part.flatten(1).all(1))[state == block_masks.FULL].sum() == 0)
