@@ -18,6 +18,20 @@ DEVICE = {"emulator": "cpu", "metal": "mps"}
 FULL_MATRIX = os.environ.get("MFA_TORCH_FULL_MATRIX") == "1"
 
 
+def recorded_plans(monkeypatch):
+    """A list that collects every launch plan the Metal route runs from now on (undone with the test's monkeypatch)."""
+    from mfa_torch.metal import executors
+    plans = []
+    real_run = executors.run
+
+    def recording_run(route, plan, tensors, checks=None, family=None):
+        plans.append(plan)
+        return real_run(route, plan, tensors, checks, family)
+
+    monkeypatch.setattr(executors, "run", recording_run)
+    return plans
+
+
 @contextlib.contextmanager
 def kernel_route(route):
     """Selects the route's backend; yields the device its tensors live on."""

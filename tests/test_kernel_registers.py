@@ -8,8 +8,8 @@ import torch
 
 from mfa_torch import _C
 from mfa_torch.emulator import profile
-from mfa_torch.metal import executors, variants
-from kernel_routes import kernel_route
+from mfa_torch.metal import variants
+from kernel_routes import kernel_route, recorded_plans
 from sdpa_check import sdpa_check
 
 LIMIT = 128
@@ -54,14 +54,7 @@ def test_estimates_are_the_emulators_count(monkeypatch, family, dtype, E, Ev):
     """Forward and backward through the API (checked against the fp64 oracle as well): the emulator's register count
     of each launch equals the planner's estimate, and no launch (also delta and combine) passes the limit."""
     monkeypatch.setenv("MFA_TORCH_GPU_FAMILY", family)
-    plans = []
-    real_run = executors.run
-
-    def recording_run(route, plan, tensors, checks=None, family=None):
-        plans.append(plan)
-        return real_run(route, plan, tensors, checks, family)
-
-    monkeypatch.setattr(executors, "run", recording_run)
+    plans = recorded_plans(monkeypatch)
     with kernel_route("emulator") as device, profile() as prof:
         sdpa_check({"q": (1, 2, 13, E), "k": (1, 2, 21, E), "v": (1, 2, 21, Ev)}, dtype, device=device)
     planned = [launch for plan in plans for launch in plan.launches]

@@ -9,8 +9,7 @@ import torch
 
 import mfa_torch
 from mfa_torch.metal import attention as metal_attention
-from mfa_torch.metal import executors
-from kernel_routes import FULL_MATRIX
+from kernel_routes import FULL_MATRIX, recorded_plans
 from oracle import assert_rule, attention_fp64, check_against_oracle, make_inputs, torch_attention_same_dtype
 from sdpa_check import sdpa_check
 
@@ -19,23 +18,10 @@ pytestmark = pytest.mark.emulator
 FLOAT_MASK = object()  # a random float mask of the call's shape, with its gradient
 
 
-def _planned_launches(monkeypatch):
-    """The launches of every plan the Metal route runs from now on."""
-    launches = []
-    real_run = executors.run
-
-    def recording_run(route, plan, tensors, checks=None, family=None):
-        launches.extend(plan.launches)
-        return real_run(route, plan, tensors, checks, family)
-
-    monkeypatch.setattr(executors, "run", recording_run)
-    return launches
-
-
-def _paths(launches):
+def _paths(plans):
     """Which kernels cut their accumulator into slices, and which read dP's operand from device memory."""
     sliced, from_device = set(), set()
-    for launch in launches:
+    for launch in (launch for plan in plans for launch in plan.launches):
         d = dict(launch.defines)
         if "MFA_SLICE_DIM" not in d:
             continue
@@ -65,7 +51,7 @@ CASES = [  # (family, dtype, E, Ev, options, sliced, dP from device)
                          ids=lambda x: str(x).removeprefix("torch.") if not isinstance(x, (dict, set)) else None)
 def test_large_head_dims_forward_and_backward(monkeypatch, family, dtype, E, Ev, options, sliced, from_device):
     monkeypatch.setenv("MFA_TORCH_GPU_FAMILY", family)
-    launches = _planned_launches(monkeypatch)
+    plans = recorded_plans(monkeypatch)
     shapes = {"q": (1, 4, 13, E), "k": (1, 2, 21, E), "v": (1, 2, 21, Ev)}
     if options.get("mask") is FLOAT_MASK:
         options = dict(options, mask=torch.randn(1, 4, 13, 21, generator=torch.Generator().manual_seed(5)),
@@ -74,7 +60,7 @@ def test_large_head_dims_forward_and_backward(monkeypatch, family, dtype, E, Ev,
         assert mfa_torch.explain(*(torch.empty(s) for s in shapes.values()), enable_gqa=True).startswith(
             "route: emulator")
         sdpa_check(shapes, dtype, return_lse=True, **options)
-    assert _paths(launches) == (sliced, from_device)
+    assert _paths(plans) == (sliced, from_device)
 
 
 def test_latent_attention_decoding_with_sinks():
@@ -97,7 +83,7 @@ def test_latent_attention_decoding_with_sinks():
 
 def test_varlen_with_the_largest_head_dims(monkeypatch):
     """Packed sequences of different lengths (flash_attn_varlen_func) at E = 576, Ev = 512, causal."""
-    launches = _planned_launches(monkeypatch)
+    plans = recorded_plans(monkeypatch)
     lengths = [5, 12, 1]
     cu = torch.tensor([0, 5, 17, 18], dtype=torch.int32)
     g = torch.Generator().manual_seed(4)
@@ -118,7 +104,7 @@ def test_varlen_with_the_largest_head_dims(monkeypatch):
         for name, a, r, t in zip(("out", "dq", "dk", "dv"), ours, refs, t_all):
             assert_rule(name, a[start:start + n].transpose(0, 1)[None], t, r, torch.float16)
         start += n
-    assert _paths(launches)[0] == EVERY_ACCUMULATOR
+    assert _paths(plans)[0] == EVERY_ACCUMULATOR
 
 
 @pytest.mark.skipif(not FULL_MATRIX, reason="checked builds of these variants take minutes: MFA_TORCH_FULL_MATRIX=1")
