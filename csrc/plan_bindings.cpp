@@ -5,6 +5,7 @@
 #include "attention/backward_plan.h"
 #include "attention/forward_plan.h"
 #include "gemm/plan.h"
+#include "kv_cache/plan.h"
 #include "launch_plan.h"
 #include "shader_source.h"
 
@@ -77,6 +78,10 @@ void bind_plans(py::module& m) {
       .def_readwrite("num_sequences", &AttentionProblem::num_sequences)
       .def_readwrite("max_seqlen_q", &AttentionProblem::max_seqlen_q)
       .def_readwrite("max_seqlen_k", &AttentionProblem::max_seqlen_k)
+      .def_readwrite("paged", &AttentionProblem::paged)
+      .def_readwrite("pages", &AttentionProblem::pages)
+      .def_readwrite("max_pages", &AttentionProblem::max_pages)
+      .def_readwrite("num_splits", &AttentionProblem::num_splits)
       .def_readwrite("scale", &AttentionProblem::scale)
       .def_readwrite("window_left", &AttentionProblem::window_left)
       .def_readwrite("window_right", &AttentionProblem::window_right)
@@ -116,6 +121,46 @@ void bind_plans(py::module& m) {
       .def_readwrite("bias_aligned", &GemmProblem::bias_aligned)
       .def_readwrite("family", &GemmProblem::family);
   m.def("plan_gemm", &plan_gemm, "The launch plan of one GEMM call.");
+
+  py::class_<RotaryTables>(m, "RotaryTables")
+      .def(py::init<>())
+      .def_readwrite("dtype", &RotaryTables::dtype)
+      .def_readwrite("rotary_dim", &RotaryTables::rotary_dim)
+      .def_readwrite("length", &RotaryTables::length)
+      .def_readwrite("interleaved", &RotaryTables::interleaved)
+      .def_readwrite("cos_strides", &RotaryTables::cos_strides)
+      .def_readwrite("sin_strides", &RotaryTables::sin_strides);
+  py::class_<KvCacheAppendProblem>(m, "KvCacheAppendProblem")
+      .def(py::init<>())
+      .def_readwrite("dtype", &KvCacheAppendProblem::dtype)
+      .def_readwrite("batch", &KvCacheAppendProblem::batch)
+      .def_readwrite("kv_heads", &KvCacheAppendProblem::kv_heads)
+      .def_readwrite("new_len", &KvCacheAppendProblem::new_len)
+      .def_readwrite("head_dim", &KvCacheAppendProblem::head_dim)
+      .def_readwrite("value_dim", &KvCacheAppendProblem::value_dim)
+      .def_readwrite("pages", &KvCacheAppendProblem::pages)
+      .def_readwrite("page_size", &KvCacheAppendProblem::page_size)
+      .def_readwrite("max_pages", &KvCacheAppendProblem::max_pages)
+      .def_readwrite("k_cache_strides", &KvCacheAppendProblem::k_cache_strides)
+      .def_readwrite("v_cache_strides", &KvCacheAppendProblem::v_cache_strides)
+      .def_readwrite("k_strides", &KvCacheAppendProblem::k_strides)
+      .def_readwrite("v_strides", &KvCacheAppendProblem::v_strides)
+      .def_readwrite("block_table_strides", &KvCacheAppendProblem::block_table_strides)
+      .def_readwrite("positions_stride", &KvCacheAppendProblem::positions_stride)
+      .def_readwrite("rotary", &KvCacheAppendProblem::rotary);
+  m.def("plan_kv_cache_append", &plan_kv_cache_append, "The launch plan of one KV-cache append.");
+  py::class_<RotaryEmbeddingProblem>(m, "RotaryEmbeddingProblem")
+      .def(py::init<>())
+      .def_readwrite("dtype", &RotaryEmbeddingProblem::dtype)
+      .def_readwrite("batch", &RotaryEmbeddingProblem::batch)
+      .def_readwrite("heads", &RotaryEmbeddingProblem::heads)
+      .def_readwrite("seq_len", &RotaryEmbeddingProblem::seq_len)
+      .def_readwrite("head_dim", &RotaryEmbeddingProblem::head_dim)
+      .def_readwrite("x_strides", &RotaryEmbeddingProblem::x_strides)
+      .def_readwrite("positions_stride", &RotaryEmbeddingProblem::positions_stride)
+      .def_readwrite("same_position", &RotaryEmbeddingProblem::same_position)
+      .def_readwrite("rotary", &RotaryEmbeddingProblem::rotary);
+  m.def("plan_rotary_embedding", &plan_rotary_embedding, "The launch plan of one rotary embedding.");
 }
 
 }  // namespace mfa

@@ -14,15 +14,15 @@ def log_sum_exp(stats):
 
 class AttentionCall:
     """Canonical arguments of mfa::attention_forward: q (B, Hq, L, E), k (B, Hk, S, E), v (B, Hk, S, Ev) (views of
-    the caller's tensors), the optional mask (or a FlexAttention block mask in compact form, `blocks`), ALiBi slopes,
-    varlen offsets and sinks, and the options. `lse_wanted`: the caller returns the log-sum-exp (a route that cannot
-    give it cannot take the call)."""
+    the caller's tensors; with `pages`, a paged_kv.PagedKV, k and v are page pools), the optional mask (or a
+    FlexAttention block mask in compact form, `blocks`), ALiBi slopes, varlen offsets and sinks, and the options.
+    `lse_wanted`: the caller returns the log-sum-exp (a route that cannot give it cannot take the call)."""
 
     def __init__(self, q, k, v, *, mask=None, alibi=None, cu_q=None, cu_k=None, max_q=None, max_k=None, scale,
                  window=(-1, -1), bottom_right=False, softcap=0.0, dropout_p=0.0, sinks=None, blocks=None,
-                 lse_wanted=False):
+                 pages=None, num_splits=0, lse_wanted=False):
         self.q, self.k, self.v, self.mask, self.alibi, self.cu_q, self.cu_k = q, k, v, mask, alibi, cu_q, cu_k
-        self.blocks = blocks
+        self.blocks, self.pages, self.num_splits = blocks, pages, num_splits
         self.max_q = q.shape[2] if max_q is None else max_q
         self.max_k = k.shape[2] if max_k is None else max_k
         self.scale, (self.left, self.right), self.bottom_right = scale, window, bottom_right
@@ -47,8 +47,10 @@ class AttentionCall:
         # torch.manual_seed reproduces it; a tensor keeps the draw traceable by torch.compile.
         self.seed = torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64),
                                  torch.zeros((), dtype=torch.int64)]) if self.dropout_p > 0 else None
-        blocks = () if self.blocks is None else self.blocks.op_args()
-        out, self.stats = torch.ops.mfa.attention_forward(*self.op_args(), self.seed, self.sinks, *blocks)
+        blocks = (None, None, []) if self.blocks is None else self.blocks.op_args()
+        pages = (None, None) if self.pages is None else self.pages.op_args()
+        out, self.stats = torch.ops.mfa.attention_forward(*self.op_args(), self.seed, self.sinks, *blocks, *pages,
+                                                          self.num_splits)
         return out, log_sum_exp(self.stats)
 
     def dropped_probabilities(self):

@@ -9,6 +9,7 @@ import torch
 from . import _C  # noqa: F401  (loads the op schemas)
 from . import reference, routing
 from .block_masks import CompactBlockMask
+from .paged_kv import PagedKV
 from .metal import attention as metal_attention
 from .metal import gemm as metal_gemm
 from ._validation import FLOAT32_MAX as _FLOAT32_MAX
@@ -18,14 +19,15 @@ from ._validation import require as _check
 
 
 def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, softcap,
-                          dropout_p, seed):
+                          dropout_p, seed, paged=False):
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check(t.dim() == 4, f"{name} must be 4-D (batch, heads, seqlen, head_dim), got shape {tuple(t.shape)}")
         _check(t.dtype in _FLOATS, f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
         _check(t.device == q.device, f"{name} is on {t.device} but q is on {q.device}")
         _check(t.dtype == q.dtype, f"{name} has dtype {t.dtype} but q has {q.dtype}")
     B, Hq, L, E = q.shape
-    _check(k.shape[0] == B and v.shape[0] == B, f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    _check(k.shape[0] == v.shape[0] and (paged or k.shape[0] == B),
+           f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
     Hk, S = k.shape[1], k.shape[2]
     _check(k.shape[3] == E, f"k head_dim {k.shape[3]} != q head_dim {E}")
     _check(v.shape[1] == Hk and v.shape[2] == S, f"v shape {tuple(v.shape)} does not match k shape {tuple(k.shape)}")
@@ -42,14 +44,19 @@ def _check_attention_args(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
                and alibi.shape[1] == Hq, f"alibi_slopes must have shape (1 or batch, {Hq}), got {tuple(alibi.shape)}")
         _check(alibi.dtype == torch.float32, f"alibi_slopes must be float32, got {alibi.dtype}")
         _check(alibi.device == q.device, f"alibi_slopes is on {alibi.device} but q is on {q.device}")
-    _check((cu_q is None) == (cu_k is None), "cu_seqlens_q and cu_seqlens_k must be given together")
+    if paged:
+        _check(cu_k is None, "cu_seqlens_k cannot be given with a paged K/V cache: kv_spans give each sequence's keys")
+    else:
+        _check((cu_q is None) == (cu_k is None), "cu_seqlens_q and cu_seqlens_k must be given together")
     if cu_q is not None:
         _check(B == 1, f"q must have batch size 1 with cu_seqlens (packed sequences), got {B}")
         for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+            if cu is None:
+                continue
             _check(cu.dim() == 1 and cu.dtype == torch.int32 and cu.shape[0] >= 2,
                    f"{name} must be a 1-D int32 tensor of length batch + 1 >= 2")
             _check(cu.device == q.device, f"{name} is on {cu.device} but q is on {q.device}")
-        _check(cu_q.shape == cu_k.shape, "cu_seqlens_q and cu_seqlens_k must have the same length")
+        _check(cu_k is None or cu_q.shape == cu_k.shape, "cu_seqlens_q and cu_seqlens_k must have the same length")
         _check(max_q >= 0 and max_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0")
     for name, w in (("window_left", left), ("window_right", right)):
         _check(w >= -1, f"{name} must be >= -1 (-1 = unbounded), got {w}")
@@ -93,6 +100,44 @@ def _check_block_mask(blocks, bits, block_size, q, k, mask, cu_q):
            f"mask_bits must have shape (partial blocks, {bq}, {-(-bk // 32)}), got {tuple(bits.shape)}")
 
 
+def _check_paged(block_table, kv_spans, q, k, mask, blocks, cu_q, dropout_p, num_splits):
+    """A paged K/V cache's shapes (csrc/ops.cpp): block_table and kv_spans together, one row per sequence."""
+    _check(num_splits >= 0, f"num_splits must be >= 0 (0: the planner's choice), got {num_splits}")
+    _check((block_table is None) == (kv_spans is None), "block_table and kv_spans must be given together")
+    if block_table is None:
+        return
+    _check(mask is None and blocks is None and dropout_p == 0,
+           "a paged K/V cache (block_table) takes no mask, block mask or dropout")
+    sequences = q.shape[0] if cu_q is None else cu_q.shape[0] - 1
+    for name, t, shape in (("block_table", block_table, f"({sequences}, max_pages)"),
+                           ("kv_spans", kv_spans, f"({sequences}, 2)")):
+        _check(t.dtype == torch.int32, f"{name} must be int32, got {t.dtype}")
+        _check(t.device == q.device, f"{name} is on {t.device} but q is on {q.device}")
+        _check(t.dim() == 2 and t.shape[0] == sequences and (name == "block_table" or t.shape[1] == 2),
+               f"{name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def _check_paged_values(block_table, kv_spans, pages, page_size, max_k):
+    """The spans and the pages they reach, which only a running kernel can read (not fake tensors)."""
+    if block_table is None or kv_spans.numel() == 0:
+        return
+    first, count = kv_spans.long().unbind(1)
+    _check(bool((first >= 0).all() and (count >= 0).all()), "kv_spans must hold (first position, key count) >= 0")
+    end = first + count
+    capacity = block_table.shape[1] * page_size
+    _check(int(end.max()) <= capacity, f"kv_spans (each sequence's keys, from cu_seqlens_k or cache_seqlens) reach "
+                                       f"cache position {int(end.max())}, beyond the "
+                                       f"{capacity} positions of a block_table row ({block_table.shape[1]} pages of "
+                                       f"{page_size})")
+    _check(int(count.max()) <= max_k, f"max_seqlen_k ({max_k}) is smaller than the longest span ({int(count.max())})")
+    index = torch.arange(block_table.shape[1], device=block_table.device).view(1, -1) * page_size
+    touched = (index + page_size > first.view(-1, 1)) & (index < end.view(-1, 1)) & (count.view(-1, 1) > 0)
+    bad = touched & ((block_table < 0) | (block_table >= pages))
+    if bool(bad.any()):
+        b, j = (int(i) for i in bad.nonzero()[0])
+        _check(False, f"block_table[{b}, {j}] = {int(block_table[b, j])} is not a page of the cache (0..{pages - 1})")
+
+
 def _check_block_mask_values(blocks, bits):
     """The states' values, which only a running kernel can read (not fake tensors)."""
     if blocks is not None and blocks.numel():
@@ -103,10 +148,10 @@ def _check_block_mask_values(blocks, bits):
 
 def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
     """Checks of the varlen offsets' values, which only a running kernel can read (not fake tensors)."""
-    if cu_q is None:
-        return
     for name, cu, total, max_len, max_name in (("cu_seqlens_q", cu_q, total_q, max_q, "max_seqlen_q"),
                                                ("cu_seqlens_k", cu_k, total_k, max_k, "max_seqlen_k")):
+        if cu is None:
+            continue
         values = cu.tolist()
         _check(values[0] == 0, f"{name} must start at 0, got {values[0]}")
         lengths = [b - a for a, b in zip(values, values[1:])]
@@ -119,11 +164,13 @@ def _check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k):
 @torch.library.register_fake("mfa::attention_forward")
 def _attention_forward_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                             scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed,
-                            sinks=None, mask_blocks=None, mask_bits=None, mask_block_size=()):
+                            sinks=None, mask_blocks=None, mask_bits=None, mask_block_size=(), block_table=None,
+                            kv_spans=None, num_splits=0):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          scale, window_left, window_right, softcap, dropout_p, dropout_seed)
+                          scale, window_left, window_right, softcap, dropout_p, dropout_seed, block_table is not None)
     _check_sinks(sinks, q)
     _check_block_mask(mask_blocks, mask_bits, mask_block_size, q, k, mask, cu_seqlens_q)
+    _check_paged(block_table, kv_spans, q, k, mask, mask_blocks, cu_seqlens_q, dropout_p, num_splits)
     B, Hq, L, _ = q.shape
     return q.new_empty(B, Hq, L, v.shape[-1]), q.new_empty(B, Hq, L, 2, dtype=reference.stats_dtype(q.dtype))
 
@@ -186,22 +233,27 @@ def _blocks(mask_blocks, mask_bits, mask_block_size):
 
 def _attention_forward_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                              dropout_seed, sinks=None, mask_blocks=None, mask_bits=None, mask_block_size=()):
+                              dropout_seed, sinks=None, mask_blocks=None, mask_bits=None, mask_block_size=(),
+                              block_table=None, kv_spans=None, num_splits=0):
     _check_attention_args(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          scale, window_left, window_right, softcap, dropout_p, dropout_seed)
+                          scale, window_left, window_right, softcap, dropout_p, dropout_seed, block_table is not None)
     _check_sinks(sinks, q)
     _check_block_mask(mask_blocks, mask_bits, mask_block_size, q, k, mask, cu_seqlens_q)
+    _check_paged(block_table, kv_spans, q, k, mask, mask_blocks, cu_seqlens_q, dropout_p, num_splits)
     _check_block_mask_values(mask_blocks, mask_bits)
+    _check_paged_values(block_table, kv_spans, k.shape[0], k.shape[2], max_seqlen_k)
     _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[2], k.shape[2], max_seqlen_q, max_seqlen_k)
     blocks = _blocks(mask_blocks, mask_bits, mask_block_size)
+    pages = None if block_table is None else PagedKV(block_table, kv_spans)
     route = routing.kernel_route(q.device, metal_attention.metal_lacks(q.dtype, q.shape[3], v.shape[3]))
     if route is not None:
         return metal_attention.forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, dropout_seed, sinks, blocks=blocks)
+                                       dropout_p, dropout_seed, sinks, blocks=blocks, pages=pages,
+                                       num_splits=num_splits)
     return reference.attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, scale, window_left, window_right, bottom_right, softcap,
-                                       dropout_p, dropout_seed, sinks, blocks=blocks)
+                                       dropout_p, dropout_seed, sinks, blocks=blocks, pages=pages)
 
 
 def _attention_backward_kernel(grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
@@ -244,7 +296,8 @@ for _op, _kernel in (("mfa::attention_forward", _attention_forward_kernel),
 
 _ATTENTION_OPTIONS = ("mask", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
                       "scale", "window_left", "window_right", "bottom_right", "softcap", "dropout_p",
-                      "dropout_seed", "sinks", "mask_blocks", "mask_bits", "mask_block_size")
+                      "dropout_seed", "sinks", "mask_blocks", "mask_bits", "mask_block_size", "block_table",
+                      "kv_spans", "num_splits")
 
 
 def _attention_setup_context(ctx, inputs, output):
@@ -258,6 +311,7 @@ def _attention_setup_context(ctx, inputs, output):
                           options["cu_seqlens_k"], options["dropout_seed"], options.get("sinks"),
                           options.get("mask_blocks"), options.get("mask_bits"))
     ctx.options.setdefault("mask_block_size", [])
+    ctx.paged = options.get("block_table") is not None
     ctx.mark_non_differentiable(stats)  # like FlashAttention's log-sum-exp: an auxiliary output
     ctx.backend = routing.get_backend()
 
@@ -274,6 +328,9 @@ def _sinks_gradient(sinks, grad_out, out, stats):
 
 
 def _attention_backward(ctx, grad_out, _grad_stats):
+    if ctx.paged:
+        raise RuntimeError("mfa::attention_forward: a paged K/V cache (block_table) has no backward: KV-cache attention "
+                           "is for inference (run it under torch.no_grad() or torch.inference_mode())")
     q, k, v, out, stats, mask, alibi, cu_q, cu_k, seed, sinks, blocks, bits = ctx.saved_tensors
     o = ctx.options
     with routing.pinned_backend(ctx.backend):

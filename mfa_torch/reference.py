@@ -299,12 +299,30 @@ def _problems(q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, window, bot
                                       bottom_right, softcap, dropout, b, (Hq, max_q, max_k))
 
 
+def _paged_problems(q, k, v, alibi, cu_q, pages, max_q, max_k, scale, window, bottom_right, softcap):
+    """Yields (index of its rows in out, problem) for each sequence of a paged K/V cache, its keys gathered."""
+    Hq = q.shape[1]
+    starts = None if cu_q is None else cu_q.tolist()
+    for b in range(pages.kv_spans.shape[0]):
+        rows = (slice(b, b + 1),) if starts is None else (slice(None), slice(None), slice(starts[b], starts[b + 1]))
+        slopes = None if alibi is None else alibi[b:b + 1] if alibi.shape[0] > 1 else alibi
+        yield rows, _Problem(q[rows], pages.gather(k, b), pages.gather(v, b), None, slopes, scale, window,
+                             bottom_right, softcap, None, b, (Hq, max_q, max_k))
+
+
 def attention_forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                       scale, window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None, *,
-                      blocks=None):
+                      blocks=None, pages=None):
     B, Hq, L, _ = q.shape
     out = torch.zeros(B, Hq, L, v.shape[-1], dtype=q.dtype, device=q.device)
     stats = _no_keys((B, Hq, L), stats_dtype(q.dtype), q.device)
+    if pages is not None:
+        for rows, pb in _paged_problems(q, k, v, alibi_slopes, cu_seqlens_q, pages, max_seqlen_q, max_seqlen_k, scale,
+                                        (window_left, window_right), bottom_right, softcap):
+            o, row_stats = _forward_dense(pb, sinks)
+            out[rows] = o.to(q.dtype)
+            stats[rows] = row_stats
+        return out, stats
     for rows, _, pb in _problems(q, k, v, mask if blocks is None else blocks, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, scale, (window_left, window_right), bottom_right, softcap,
                                     dropout_p, dropout_seed):

@@ -16,11 +16,13 @@
 // rounded up to 8), MFA_SLICE_DIM (columns of O per threadgroup, attention_params.h), MFA_BLOCK_Q (8 * SIMD-groups),
 // MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
 // (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT,
-// MFA_STREAM_Q, MFA_SINKS (each row's softmax takes its head's sink; split-KV: the combine adds it).
+// MFA_STREAM_Q, MFA_SINKS (each row's softmax takes its head's sink; split-KV: the combine adds it), MFA_PAGED_KV (k
+// and v are paged caches read through a block table, attention_pages.h).
 #include <metal_stdlib>
 using namespace metal;
 #include "operand_tiles.h"
 #include "attention_params.h"
+#include "attention_pages.h"
 #include "attention_scores.h"
 #include "attention_tiles.h"
 
@@ -55,6 +57,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               device uint* tile_count [[buffer(MFA_ATTN_TILE_COUNT)]],
                               device const float* sinks [[buffer(MFA_ATTN_SINKS)]],
                               device const uint* mask_bits [[buffer(MFA_ATTN_MASK_BITS)]],
+                              device const int* block_table [[buffer(MFA_ATTN_BLOCK_TABLE)]],
+                              device const int* kv_spans [[buffer(MFA_ATTN_KV_SPANS)]],
                               uint3 group [[threadgroup_position_in_grid]],
                               uint3 groups [[threadgroups_per_grid]],
                               ushort sg [[simdgroup_index_in_threadgroup]],
@@ -66,7 +70,11 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const uint split = group.z % p.num_splits, seq = group.z / p.num_splits, kv_head = group.y;
   const uint G = p.group;
 
+#if MFA_PAGED_KV
+  const AttentionSequence sq = attention_paged_sequence(p, seq, cu_q, kv_spans);
+#else
   const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
+#endif
   const int packed_rows = sq.q_len * int(G);
   const int row0 = int(group.x / SLICES) * MFA_BLOCK_Q;
   if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
@@ -87,9 +95,18 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                          alibi);
   // q, k and v are read through their strides; out and stats are dense, q_row is this row's index in them.
   const long q_row = (long(sq.tensor_batch) * p.q_heads + row.head) * p.q_len + sq.q_first + row.query;
-  device const MFA_T* const k_rows = k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first);
-  device const MFA_T* const v_rows =
-      v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first) + out_col0;
+#if MFA_PAGED_KV
+  device const int* const pages = block_table + long(seq) * p.max_pages;
+  const attention_paged_rows<MFA_T> k_rows{k + kv_head * p.k_strides[1], p.k_strides[0], p.k_strides[2], pages,
+                                           int(sq.k_first), int(p.kv_len)};
+  const attention_paged_rows<MFA_T> v_rows{v + kv_head * p.v_strides[1] + out_col0, p.v_strides[0], p.v_strides[2],
+                                           pages, int(sq.k_first), int(p.kv_len)};
+#else
+  const mfa_strided_rows<MFA_T> k_rows{
+      k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first), p.k_strides[2]};
+  const mfa_strided_rows<MFA_T> v_rows{
+      v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first) + out_col0, p.v_strides[2]};
+#endif
   const uint out_cols = p.value_dim - out_col0;  // of this slice's columns, those within Ev
 
   const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
@@ -120,8 +137,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     computed++;
 #endif
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile is consumed
-    mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k_rows + key0 * p.k_strides[2],
-                                                                   p.k_strides[2], keys, p.head_dim, tid, wide_k);
+    mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k_rows.starting_at(key0), keys, p.head_dim,
+                                                                   tid, wide_k);
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
     simdgroup_float8x8 s_tiles[MFA_BLOCK_K / 8];
@@ -175,8 +192,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     for (uint d = 0; d < OUT_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
 
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every SIMD-group is done with the K tile
-    mfa_copy_rows<MFA_BLOCK_K, OUT_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows + key0 * p.v_strides[2], p.v_strides[2],
-                                                              keys, out_cols, tid, wide_v);
+    mfa_copy_rows<MFA_BLOCK_K, OUT_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows.starting_at(key0), keys, out_cols, tid,
+                                                              wide_v);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     #pragma clang loop unroll(full)
     for (uint d = 0; d < OUT_DIM / 8; d++) {

@@ -32,6 +32,8 @@
 #define MFA_ATTN_DMASK 18         // float (B, Hq, L, S) when MFA_MASK_GRAD: the score gradient
 #define MFA_ATTN_SINKS 19         // float (Hq,) when MFA_SINKS: attention sinks (forward and combine)
 #define MFA_ATTN_MASK_BITS 20     // MFA_MASK_BLOCKS: the partial blocks' bits (mfa_torch/block_masks.py)
+#define MFA_ATTN_BLOCK_TABLE 21   // MFA_PAGED_KV: int (sequences, max_pages), each sequence's pages (attention_pages.h)
+#define MFA_ATTN_KV_SPANS 22      // MFA_PAGED_KV: int (sequences, 2), each sequence's first cache position and keys
 
 // Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores), or a FlexAttention
 // block mask: the mask buffer holds an int state per (mask_block_q x mask_block_k) block (MFA_BLOCK_EMPTY,
@@ -78,7 +80,7 @@ struct AttentionParams {
   mfa_u32 kv_heads;         // Hk
   mfa_u32 group;            // Hq / Hk: the query heads sharing one K/V head, packed into one threadgroup
   mfa_u32 q_len;            // Lq of the q tensor (varlen: packed tokens)
-  mfa_u32 kv_len;           // Sk of the k tensor (varlen: packed tokens)
+  mfa_u32 kv_len;           // Sk of the k tensor (varlen: packed tokens; MFA_PAGED_KV: rows per page)
   mfa_u32 head_dim;         // E
   mfa_u32 value_dim;        // Ev
   mfa_i32 window_left;      // query i attends keys i + offset - left ..= i + offset + right; -1 = unbounded
@@ -100,4 +102,5 @@ struct AttentionParams {
   mfa_u32 wide_rows;          // bit 0 q, 1 k, 2 v, 3 grad_out: each row begins on 16 bytes, holds whole 16-byte chunks
   mfa_u32 mask_block_q;       // MFA_MASK_BLOCKS: queries and keys per mask block
   mfa_u32 mask_block_k;
+  mfa_u32 max_pages;          // MFA_PAGED_KV: block table entries per sequence
 };

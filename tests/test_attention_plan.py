@@ -145,6 +145,26 @@ def test_large_problems_do_not_split():
     assert len(plan.launches) == 1 and defines(plan.launches[0])["MFA_SPLIT_KV"] == "0"
 
 
+def test_a_paged_cache_binds_its_table_and_splits_by_its_longest_sequence():
+    """The grid and splits follow max_seqlen_k (the sequences' keys), not the page size; num_splits overrides them."""
+    paged = dict(batch=3, q_heads=8, kv_heads=2, q_len=1, kv_len=16, paged=True, pages=400, max_pages=256,
+                 max_seqlen_k=4000)
+    plan = _C.plan_attention_forward(problem(**paged))
+    forward = plan.launches[0]
+    assert defines(forward)["MFA_PAGED_KV"] == "1" and defines(forward)["MFA_SPLIT_KV"] == "1"
+    bound = {a.index: a.tensor for a in forward.arguments if a.tensor}
+    assert (bound[21], bound[22], bound[6]) == ("block_table", "kv_spans", "q")  # no cu_seqlens_k with pages
+    assert forward.threadgroups[2] % 3 == 0 and forward.threadgroups[2] > 3
+    forced = _C.plan_attention_forward(problem(**paged, num_splits=5)).launches[0]
+    assert forced.threadgroups[2] == 3 * 5
+    one = _C.plan_attention_forward(problem(**paged, num_splits=1))
+    assert len(one.launches) == 1 and one.launches[0].threadgroups[2] == 3
+    with pytest.raises(ValueError, match="a paged K/V cache has no backward"):
+        _C.plan_attention_backward(problem(**paged), False)
+    unpaged = _C.plan_attention_forward(problem()).launches[0]
+    assert defines(unpaged)["MFA_PAGED_KV"] == "0" and {a.index: a.tensor for a in unpaged.arguments}[21] == "q"
+
+
 def test_the_tile_counter_is_a_debug_temporary():
     plan = _C.plan_attention_forward(problem(count_tiles=True))
     forward = plan.launches[0]
@@ -157,7 +177,8 @@ def test_the_tile_counter_is_a_debug_temporary():
 def test_unused_buffers_are_bound_and_present_ones_by_name():
     plain = _C.plan_attention_forward(problem()).launches[0]
     assert {a.index: a.tensor for a in plain.arguments if a.tensor} == {
-        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q", 19: "q", 20: "q"}
+        0: "q", 1: "k", 2: "v", 3: "q", 4: "q", 5: "q", 6: "q", 7: "out", 8: "stats", 10: "q", 19: "q", 20: "q",
+        21: "q", 22: "q"}
     assert [a.index for a in plain.arguments if not a.tensor] == [9]  # the params struct, as bytes
     full = _C.plan_attention_forward(problem(mask="bool", has_alibi=True, has_sinks=True)).launches[0]
     assert {a.index: a.tensor for a in full.arguments}[3] == "mask"
@@ -186,6 +207,9 @@ def test_empty_problems_have_no_launches():
     ({"q_len": 2 ** 31}, "q_len must be below 2\\^31"),
     ({"num_sequences": 2, "batch": 2}, "varlen problems must have batch 1"),
     ({"mask": "blocks"}, "mask_block_q and mask_block_k must be in"),
+    ({"paged": True, "mask": "bool"}, "a paged K/V cache takes no mask"),
+    ({"paged": True, "max_pages": 2 ** 31}, "pages and max_pages must be in"),
+    ({"num_splits": -1}, "num_splits must be >= 0"),
 ])
 def test_problems_the_kernels_do_not_take_are_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message):

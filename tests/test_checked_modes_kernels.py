@@ -18,6 +18,9 @@ attention_backward_dq and attention_backward_dkdv:
      key block partial (200 keys in blocks of 128); forward and backward.
   E  a FlexAttention block mask (MFA_MASK_BLOCKS) that differs by query head, in 16 x 24 blocks over 37 queries and
      70 keys: empty, full and partial blocks, the last ones cut by the sequences' ends; GQA; forward and backward.
+  F  a paged K/V cache (MFA_PAGED_KV): pages of 24 rows shuffled through a pool with spare pages, one sequence starting
+     past its first page (cache_leftpad), keys long enough to split, decoding 2 queries with GQA, bottom-right causal;
+     forward only (a cache has no backward).
 The checked builds compile slowly (~15 s each, cached on disk afterwards): the variants are compiled up front, two
 at a time, and shared by the cases of a mode.
 """
@@ -30,6 +33,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 from mfa_torch import _C, block_masks, emulator
 from mfa_torch.metal import attention as metal_attention
 from mfa_torch.metal.shader_files import shader_dir
+from mfa_torch.paged_kv import PagedKV
 from mfa_torch.reference import dropout_keep_mask
 from kernel_routes import log_sum_exp
 from oracle import assert_rule, attention_fp64, varlen_attention_fp64
@@ -48,6 +52,14 @@ def _block_mask_mod(b, h, q, kv):  # head 0: every block full; the others: empty
     return (h == 0) | ((((q // 10) == (kv // 12)) | (kv < 5)) & ((q + kv + h) % 4 != 0))
 
 
+def _pages(name):
+    """Case F's block table and spans (None for the others): sequence 0 keys 30..1129, sequence 1 keys 0..44."""
+    if name != "F":
+        return None
+    table = torch.randperm(100, generator=torch.Generator().manual_seed(6))[:96].view(2, 48).to(torch.int32)
+    return PagedKV(table, torch.tensor([[30, 1100], [0, 45]], dtype=torch.int32))
+
+
 def _blocks(name):
     """The compact block mask of case E (None for the others)."""
     if name != "E":
@@ -57,7 +69,7 @@ def _blocks(name):
 
 
 def _case(name):
-    """(arguments of metal_attention.forward after the route, mask_grad, oracle) for case A to E."""
+    """(arguments of metal_attention.forward after the route, mask_grad, oracle) for case A to F."""
     g = torch.Generator().manual_seed(ord(name))
     rand = lambda *s: torch.randn(s, generator=g)  # noqa: E731
     if name == "E":
@@ -67,6 +79,23 @@ def _case(name):
         dense = _block_mask_mod(0, torch.arange(Hq).view(1, -1, 1, 1), torch.arange(L).view(1, 1, -1, 1),
                                 torch.arange(S).view(1, 1, 1, -1))
         return args, False, lambda q, k, v, mask: attention_fp64(q, k, v, mask=dense, scale=0.3)
+    if name == "F":
+        Hq, Hk, L, E, Ev = 4, 2, 2, 20, 12
+        q, k, v = rand(2, Hq, L, E).to(DTYPE), rand(100, Hk, 24, E).to(DTYPE), rand(100, Hk, 24, Ev).to(DTYPE)
+        args = (q, k, v, None, None, None, None, L, 1100, 0.3, -1, 0, True, 0.0, 0.0, None)
+        pages = _pages(name)
+
+        def oracle(q, k, v, mask):
+            outs, lses = [], []
+            for b, (first, count) in enumerate(pages.kv_spans.tolist()):
+                position = torch.arange(first, first + count)
+                page = pages.block_table[b].long()[position // 24]
+                kb, vb = (t[page, :, position % 24].transpose(0, 1) for t in (k, v))
+                o, lse = attention_fp64(q[b], kb, vb, causal="bottom_right", scale=0.3)
+                outs.append(o)
+                lses.append(lse)
+            return torch.stack(outs), torch.stack(lses)
+        return args, False, oracle
     if name == "A":
         B, Hq, Hk, L, S, E, Ev, p = 2, 4, 2, 21, 80, 20, 12, 0.2
         q, k, v = (rand(B, n, H, d).to(DTYPE).transpose(1, 2) for n, H, d in ((L, Hq, E), (S, Hk, E), (S, Hk, Ev)))
@@ -108,7 +137,7 @@ def _case(name):
 
 
 CASES = {"A": ("forward", "backward"), "B": ("forward",), "C": ("forward", "backward"), "D": ("forward", "backward"),
-         "E": ("forward", "backward")}
+         "E": ("forward", "backward"), "F": ("forward",)}
 
 
 def _variants():
@@ -116,7 +145,7 @@ def _variants():
     variants = set()
     for name, passes in CASES.items():
         args, mask_grad, _ = _case(name)
-        problem, _ = metal_attention._prepare("emulator", *args, FAMILY, False, _blocks(name))
+        problem, _ = metal_attention._prepare("emulator", *args, FAMILY, False, _blocks(name), _pages(name))
         plans = [_C.plan_attention_forward(problem)]
         if "backward" in passes:
             plans.append(_C.plan_attention_backward(problem, mask_grad))
@@ -148,6 +177,7 @@ def test_the_cases_cover_every_attention_shader(compiled):
     assert kinds >= {"0", "1", "2", "3"}
     assert any(dict(d).get("MFA_MASK_GRAD") == "1" for _, d in _variants())
     assert any(dict(d).get("MFA_SPLIT_KV") == "1" for _, d in _variants())
+    assert any(dict(d).get("MFA_PAGED_KV") == "1" and dict(d).get("MFA_SPLIT_KV") == "1" for _, d in _variants())
 
 
 @pytest.mark.parametrize("checks", ["bounds", "races"])
@@ -156,7 +186,8 @@ def test_kernels_under_checked_modes(compiled, name, checks):
     args, mask_grad, oracle = _case(name)
     q, k, v, mask = args[0], args[1], args[2], args[3]
     blocks = _blocks(name)
-    out, stats = metal_attention.forward("emulator", *args, blocks=blocks, family=FAMILY, checks=checks)
+    out, stats = metal_attention.forward("emulator", *args, blocks=blocks, pages=_pages(name), family=FAMILY,
+                                         checks=checks)
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
     dense_mask = None if mask is None else mask if mask.dtype == torch.bool else mask.double().requires_grad_()
     ref, ref_lse = oracle(*leaves, dense_mask)

@@ -31,7 +31,18 @@ ATTENTION_CASES = {
     "half": lambda: _forward_args(*_qkv(dtype=torch.float16)),
     "empty_keys": lambda: _forward_args(*_qkv(S=0)),
     "block_mask": lambda: _forward_args(*_qkv()) + (None,) + _block_mask(),
+    "paged_kv": lambda: _paged(),
 }
+
+
+def _paged():
+    """Two sequences reading 4-row pages of a pool of 5 through a block table, one starting at cache position 1, and
+    two key splits (inference only: no grad)."""
+    q = torch.randn(2, 4, 9, 8)
+    k, v = torch.randn(5, 2, 4, 8), torch.randn(5, 2, 4, 6)
+    table = torch.tensor([[4, 0, 2], [1, 3, 3]], dtype=torch.int32)
+    spans = torch.tensor([[1, 10], [0, 3]], dtype=torch.int32)
+    return _forward_args(q, k, v, max_k=10, window=(-1, 0), bottom_right=True) + (None, None, None, [], table, spans, 2)
 
 
 def _block_mask(L=9, S=11, block_q=4, block_k=5):

@@ -475,7 +475,7 @@ def raw_attention_forward(q, k, v, *, scale, p, seed, offset, window=(-1, -1), b
     kw = dict(q=q, k=k, v=v, mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
               max_seqlen_q=q.shape[-2], max_seqlen_k=k.shape[-2], scale=scale, window_left=window[0],
               window_right=window[1], bottom_right=bottom_right, softcap=0.0, dropout_p=p, sinks=None,
-              mask_blocks=None, mask_bits=None, mask_block_size=[])
+              mask_blocks=None, mask_bits=None, mask_block_size=[], block_table=None, kv_spans=None, num_splits=0)
     if "dropout_seed" in names:
         kw["dropout_seed"] = torch.tensor([seed, offset], dtype=torch.int64)
     else:

@@ -32,6 +32,7 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
   if (mask_grad && (prob.mask == "none" || prob.mask == "bool" || prob.mask == "blocks")) {
     throw std::invalid_argument("mask_grad needs a floating mask");
   }
+  if (prob.paged) throw std::invalid_argument("a paged K/V cache has no backward (inference only)");
   Plan plan;
   const auto [sequences, rows, keys, group] = attention_extent(prob);
   if (sequences == 0 || prob.kv_heads == 0 || rows == 0 || keys == 0) return plan;  // all gradients are zero

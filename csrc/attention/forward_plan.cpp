@@ -37,11 +37,13 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   // Flash-decoding: too few threadgroups for the GPU and long keys -> split the keys and combine.
   int64_t splits = 1, blocks_per_split = key_blocks;
   const int64_t threadgroups = sequences * prob.kv_heads * query_blocks * slices;
-  if (threadgroups < kAttentionTargetThreadgroups && key_blocks >= 2 * kAttentionMinBlocksPerSplit) {
+  if (prob.num_splits > 0) {  // the caller's count (FlashAttention's num_splits), at most one per key block
+    splits = std::min(prob.num_splits, key_blocks);
+  } else if (threadgroups < kAttentionTargetThreadgroups && key_blocks >= 2 * kAttentionMinBlocksPerSplit) {
     splits = std::min(ceil_div(kAttentionTargetThreadgroups, threadgroups), key_blocks / kAttentionMinBlocksPerSplit);
-    blocks_per_split = ceil_div(key_blocks, splits);
-    splits = ceil_div(key_blocks, blocks_per_split);
   }
+  blocks_per_split = ceil_div(key_blocks, splits);
+  splits = ceil_div(key_blocks, blocks_per_split);
 
   const AttentionParams params = attention_params(prob, splits, blocks_per_split);
   const std::string type = attention_metal_type(prob.dtype, "q");
@@ -57,7 +59,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
       prob, "attention_forward",
       {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.block_k)},
        {"MFA_SLICE_DIM", std::to_string(out_dim)}, {"MFA_SPLIT_KV", split ? "1" : "0"},
-       {"MFA_STREAM_Q", stream_q ? "1" : "0"}, {"MFA_SINKS", sinks}},
+       {"MFA_STREAM_Q", stream_q ? "1" : "0"}, {"MFA_SINKS", sinks}, {"MFA_PAGED_KV", prob.paged ? "1" : "0"}},
       {uint64_t(query_blocks * slices), uint64_t(prob.kv_heads), uint64_t(sequences * splits)}, block_q);
   forward.registers = forward_registers(shape, stream_q, out_dim);
   // the K tile, or the V tile's slice, in the input type
@@ -69,6 +71,8 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   forward.arguments = attention_kernel_arguments(prob, params, split ? "partial_stats" : "stats", "tile_count");
   forward.arguments.push_back(tensor_argument(MFA_ATTN_OUT, split ? "partial_out" : "out"));
   forward.arguments.push_back(sinks_argument);
+  forward.arguments.push_back(tensor_argument(MFA_ATTN_BLOCK_TABLE, bound_or_q(prob.paged, "block_table")));
+  forward.arguments.push_back(tensor_argument(MFA_ATTN_KV_SPANS, bound_or_q(prob.paged, "kv_spans")));
   plan.launches.push_back(forward);
 
   if (split) {

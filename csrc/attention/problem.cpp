@@ -90,18 +90,28 @@ void validate_attention_problem(const AttentionProblem& p) {
   require(p.num_sequences == 0 || p.batch == 1, "varlen problems must have batch 1");
   require(p.num_sequences == 0 || p.mask == "none", "mask is not supported together with cu_seqlens");
   require(p.dropout_p >= 0.0 && p.dropout_p < 1.0, "dropout_p must be in [0, 1)");
+  if (p.paged) {
+    require(p.mask == "none" && p.dropout_p == 0.0, "a paged K/V cache takes no mask, block mask or dropout");
+    require(p.pages >= 0 && p.pages <= kMax && p.max_pages >= 0 && p.max_pages <= kMax,
+            "pages and max_pages must be in [0, 2^31)");
+    require(p.kv_len * p.max_pages <= kMax, "a sequence's cache positions (max_pages * page size) must be below 2^31");
+  }
+  require(p.num_splits >= 0, "num_splits must be >= 0 (0: the planner's choice)");
   const AttentionInputStrides strides = attention_input_strides(p);
+  const int64_t kv_batch = attention_kv_batch(p);
   validate_input_strides("q", {p.batch, p.q_heads, p.q_len, p.head_dim}, strides.q);
-  validate_input_strides("k", {p.batch, p.kv_heads, p.kv_len, p.head_dim}, strides.k);
-  validate_input_strides("v", {p.batch, p.kv_heads, p.kv_len, p.value_dim}, strides.v);
+  validate_input_strides("k", {kv_batch, p.kv_heads, p.kv_len, p.head_dim}, strides.k);
+  validate_input_strides("v", {kv_batch, p.kv_heads, p.kv_len, p.value_dim}, strides.v);
   parse_gpu_family(p.family);
 }
 
 AttentionExtent attention_extent(const AttentionProblem& p) {
   const bool varlen = p.num_sequences > 0;
-  return {varlen ? p.num_sequences : p.batch, varlen ? p.max_seqlen_q : p.q_len, varlen ? p.max_seqlen_k : p.kv_len,
-          p.kv_heads ? p.q_heads / p.kv_heads : 1};
+  return {varlen ? p.num_sequences : p.batch, varlen ? p.max_seqlen_q : p.q_len,
+          varlen || p.paged ? p.max_seqlen_k : p.kv_len, p.kv_heads ? p.q_heads / p.kv_heads : 1};
 }
+
+int64_t attention_kv_batch(const AttentionProblem& p) { return p.paged ? p.pages : p.batch; }
 
 int attention_mask_kind(const AttentionProblem& p) {
   return p.mask == "none"     ? MFA_MASK_NONE
@@ -114,16 +124,18 @@ int attention_mask_kind(const AttentionProblem& p) {
 // 16 bytes and its head dim fills whole 16-byte chunks.
 static mfa_u32 attention_wide_rows(const AttentionProblem& p, const AttentionInputStrides& strides) {
   const int64_t chunk = 16 / attention_element_bytes(p);  // elements per 16 bytes
-  const int64_t batch = p.num_sequences > 0 ? 1 : p.batch;
-  auto wide = [&](bool aligned, const std::array<int64_t, 4>& s, int64_t heads, int64_t rows, int64_t dim) {
+  auto wide = [&](bool aligned, const std::array<int64_t, 4>& s, int64_t batch, int64_t heads, int64_t rows,
+                  int64_t dim) {
     const std::array<int64_t, 3> sizes{batch, heads, rows};
     bool ok = aligned && dim % chunk == 0;
     for (int i = 0; i < 3; i++) ok = ok && (sizes[i] <= 1 || s[i] % chunk == 0);  // a size-1 dim's stride is unused
     return mfa_u32(ok);
   };
-  return wide(p.q_aligned, strides.q, p.q_heads, p.q_len, p.head_dim) |
-         wide(p.k_aligned, strides.k, p.kv_heads, p.kv_len, p.head_dim) << 1 |
-         wide(p.v_aligned, strides.v, p.kv_heads, p.kv_len, p.value_dim) << 2 |
+  const int64_t batch = p.num_sequences > 0 ? 1 : p.batch;
+  const int64_t kv_batch = p.num_sequences > 0 && !p.paged ? 1 : attention_kv_batch(p);
+  return wide(p.q_aligned, strides.q, batch, p.q_heads, p.q_len, p.head_dim) |
+         wide(p.k_aligned, strides.k, kv_batch, p.kv_heads, p.kv_len, p.head_dim) << 1 |
+         wide(p.v_aligned, strides.v, kv_batch, p.kv_heads, p.kv_len, p.value_dim) << 2 |
          mfa_u32(p.grad_out_aligned && p.value_dim % chunk == 0) << 3;
 }
 
@@ -165,6 +177,7 @@ AttentionParams attention_params(const AttentionProblem& prob, int64_t splits, i
   params.wide_rows = attention_wide_rows(prob, strides);
   params.mask_block_q = mfa_u32(prob.mask_block_q);
   params.mask_block_k = mfa_u32(prob.mask_block_k);
+  params.max_pages = mfa_u32(prob.max_pages);
   return params;
 }
 
@@ -226,7 +239,7 @@ std::vector<Argument> attention_kernel_arguments(const AttentionProblem& p, cons
           tensor_argument(MFA_ATTN_MASK, bound_or_q(p.mask != "none", "mask")),
           tensor_argument(MFA_ATTN_ALIBI, bound_or_q(p.has_alibi, "alibi")),
           tensor_argument(MFA_ATTN_CU_Q, bound_or_q(varlen, "cu_seqlens_q")),
-          tensor_argument(MFA_ATTN_CU_K, bound_or_q(varlen, "cu_seqlens_k")),
+          tensor_argument(MFA_ATTN_CU_K, bound_or_q(varlen && !p.paged, "cu_seqlens_k")),
           tensor_argument(MFA_ATTN_STATS, stats),
           bytes_argument(MFA_ATTN_PARAMS, params),
           tensor_argument(MFA_ATTN_TILE_COUNT, bound_or_q(p.count_tiles, tile_count.c_str())),

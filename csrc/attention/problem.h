@@ -36,6 +36,13 @@ struct AttentionProblem {
   bool has_sinks = false;  // "sinks" (Hq,) float: the forward adds them to every row's softmax (MFA_SINKS)
   int64_t num_sequences = 0;  // > 0: varlen (batch 1, cu_seqlens with num_sequences + 1 entries)
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+  // A paged K/V cache (forward only; shaders/attention_pages.h): k and v are pools of `pages` pages (pages, Hk,
+  // kv_len, D) of kv_len rows each; "block_table" (sequences, max_pages) int32 holds each sequence's pages and
+  // "kv_spans" (sequences, 2) int32 its first cache position and key count (at most max_seqlen_k). With varlen the
+  // queries come from cu_seqlens_q and there is no cu_seqlens_k.
+  bool paged = false;
+  int64_t pages = 0, max_pages = 0;
+  int64_t num_splits = 0;  // the forward's key splits: 0 = the planner's choice
   double scale = 1.0;
   int64_t window_left = -1, window_right = -1;
   bool bottom_right = false;
@@ -69,6 +76,9 @@ struct AttentionExtent {
   int64_t sequences, rows, keys, group;
 };
 AttentionExtent attention_extent(const AttentionProblem& problem);
+
+// The first dim of k and v: the batch, or the pages of a paged cache.
+int64_t attention_kv_batch(const AttentionProblem& problem);
 
 // The params struct for a plan with `splits` key splits of `blocks_per_split` key blocks each.
 AttentionParams attention_params(const AttentionProblem& problem, int64_t splits, int64_t blocks_per_split);

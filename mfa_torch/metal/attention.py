@@ -61,16 +61,18 @@ def _problem(q, k, v, mask, alibi, cu_q, max_q, max_k, scale, left, right, botto
 
 def forward(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
             window_left, window_right, bottom_right, softcap, dropout_p, dropout_seed, sinks=None, *, blocks=None,
-            family=None, count_tiles=False, checks=None):
-    """mfa::attention_forward on the Metal route (sinks: float32 (Hq,) or None; blocks: a CompactBlockMask or None).
-    Debug keywords: family (block tables of that GPU family), count_tiles (also return the key/value tiles each
-    threadgroup computed), checks (emulator checking mode)."""
+            pages=None, num_splits=0, family=None, count_tiles=False, checks=None):
+    """mfa::attention_forward on the Metal route (sinks: float32 (Hq,) or None; blocks: a CompactBlockMask or None;
+    pages: a paged_kv.PagedKV or None; num_splits: key splits, 0 = the planner's choice). Debug keywords: family
+    (block tables of that GPU family), count_tiles (also return the key/value tiles each threadgroup computed), checks
+    (emulator checking mode)."""
     problem, tensors = _prepare(route, q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                 max_seqlen_k, scale, window_left, window_right, bottom_right, softcap, dropout_p,
-                                dropout_seed, family, count_tiles, blocks)
+                                dropout_seed, family, count_tiles, blocks, pages)
     if sinks is not None:
         problem.has_sinks = True
         tensors["sinks"] = sinks.contiguous()
+    problem.num_splits = num_splits
     plan = _C.plan_attention_forward(problem)
     B, Hq, L, _ = q.shape
     if cu_seqlens_q is None:
@@ -118,7 +120,7 @@ def _tile_count(temporaries, name):
 
 
 def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right, softcap,
-             dropout_p, seed, family, count_tiles, blocks=None):
+             dropout_p, seed, family, count_tiles, blocks=None, pages=None):
     """The problem for the planner and the input tensors by the names plans bind."""
     # The kernels read q, k, v in place through their strides (views of packed qkv tensors: no copy) as long as the
     # head dim is dense; only a view with a strided head dim is copied, here, for the forward and the backward.
@@ -142,4 +144,8 @@ def _prepare(route, q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, left,
         problem.mask_strides = [0 if n == 1 else s for n, s in zip(states.shape, states.stride())]
         problem.mask_block_q, problem.mask_block_k = blocks.block_size
         tensors.update(mask=states, mask_bits=blocks.bits.contiguous())
+    if pages is not None:  # k and v are page pools
+        problem.paged, problem.pages, problem.max_pages = True, k.shape[0], pages.block_table.shape[1]
+        problem.max_seqlen_k = max_k
+        tensors.update(block_table=pages.block_table.contiguous(), kv_spans=pages.kv_spans.contiguous())
     return problem, tensors

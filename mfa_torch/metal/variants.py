@@ -37,9 +37,10 @@ class Variant:
 
 
 def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_dim=64, q_len=64, kv_len=64,
-                      q_heads=8, kv_heads=2, count_tiles=False, score_features=0, sinks=False):
+                      q_heads=8, kv_heads=2, count_tiles=False, score_features=0, sinks=False, paged=False):
     """A problem of one batch; score_features: a sum of SOFTCAP, ALIBI and DROPOUT switches those features on;
-    mask "blocks": a FlexAttention block mask of 16 x 16 blocks shared by the heads."""
+    mask "blocks": a FlexAttention block mask of 16 x 16 blocks shared by the heads; paged: keys in a paged cache
+    of 16-row pages (forward only)."""
     p = _C.AttentionProblem()
     p.family, p.dtype, p.mask, p.count_tiles = family, dtype, mask, count_tiles
     p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len = 1, q_heads, kv_heads, q_len, kv_len
@@ -56,6 +57,9 @@ def attention_problem(family, dtype="float16", mask="none", head_dim=64, value_d
     if score_features & DROPOUT:
         p.dropout_p = 0.25
     p.has_sinks = sinks
+    if paged:
+        p.paged, p.kv_len, p.max_seqlen_k = True, 16, kv_len
+        p.max_pages = p.pages = -(-kv_len // 16)
     return p
 
 
@@ -70,6 +74,8 @@ def gemm_problem(family, dtype, m, n, k, has_bias=True, aligned=True):
 def attention_plans(problem):
     """The forward plan and every backward plan (with a mask gradient when the mask is floating) of one problem."""
     yield _C.plan_attention_forward(problem)
+    if problem.paged:  # inference only: no backward
+        return
     yield _C.plan_attention_backward(problem, False)
     if problem.mask in DTYPES:  # a floating mask
         yield _C.plan_attention_backward(problem, True)
@@ -86,6 +92,9 @@ def _attention_grid(family):
     for dtype in DTYPES:  # sinks, in the forward and in the split-KV combine
         yield attention_problem(family, dtype, sinks=True)
         yield attention_problem(family, dtype, **decode, sinks=True)
+    for dtype in DTYPES:  # paged K/V caches: decoding (split keys) and prefill
+        yield attention_problem(family, dtype, **decode, paged=True)
+        yield attention_problem(family, dtype, paged=True)
     for dim in range(HEAD_DIM_STEP, MAX_HEAD_DIM + 1, HEAD_DIM_STEP):
         yield attention_problem(family, head_dim=dim, value_dim=min(dim, MAX_VALUE_DIM))
     # operands streamed, dK/dV split and accumulators sliced where registers run short, and dP reading device memory
@@ -109,12 +118,37 @@ def _gemm_grid(family):
         yield gemm_problem(family, dtype, 8, 8, 4096)  # few output tiles, long K: Stream-K
 
 
+def kv_cache_plans(dtype, table_dtype):
+    """A KV-cache append (paged, GQA-like) and a query rotary embedding with tables in `table_dtype` ("" for an append
+    without rotary); the kernels' variants are the same for every GPU family."""
+    tables = _C.RotaryTables()
+    if table_dtype:
+        tables.dtype, tables.rotary_dim, tables.length = table_dtype, 32, 128
+        tables.cos_strides = tables.sin_strides = [16, 1]
+    append = _C.KvCacheAppendProblem()
+    append.dtype, append.batch, append.kv_heads, append.new_len = dtype, 2, 2, 3
+    append.head_dim = append.value_dim = 64
+    append.pages, append.page_size, append.max_pages = 8, 16, 4
+    append.k_cache_strides = append.v_cache_strides = [16 * 2 * 64, 64, 2 * 64]
+    append.k_strides = append.v_strides = [2 * 3 * 64, 3 * 64, 64]
+    append.block_table_strides, append.rotary = [4, 1], tables
+    yield _C.plan_kv_cache_append(append)
+    if table_dtype:
+        rotary = _C.RotaryEmbeddingProblem()
+        rotary.dtype, rotary.batch, rotary.heads, rotary.seq_len, rotary.head_dim = dtype, 2, 4, 3, 64
+        rotary.x_strides, rotary.rotary = [4 * 3 * 64, 3 * 64, 64], tables
+        yield _C.plan_rotary_embedding(rotary)
+
+
 def _plans():
     for family in GPU_FAMILIES:
         for problem in _attention_grid(family):
             yield from attention_plans(problem)
         for problem in _gemm_grid(family):
             yield _C.plan_gemm(problem)
+    for dtype in DTYPES:  # tables in the inputs' dtype or float32, and none
+        for table_dtype in dict.fromkeys((dtype, "float32", "")):
+            yield from kv_cache_plans(dtype, table_dtype)
     yield lane_layout_self_test.plan()  # the doctor's fixed plan (no planner, one variant)
 
 

@@ -26,6 +26,8 @@
 #include "gemm/plan.h"
 #include "gemm_params.h"
 #include "gpu_family.h"
+#include "kv_cache/plan.h"
+#include "kv_cache_params.h"
 #include "launch_plan.h"
 #include "shader_source.h"
 
@@ -373,6 +375,59 @@ void test_gemm_bad_and_empty_problems() {
   CHECK(plan_gemm(p).launches.empty());
 }
 
+void test_kv_cache_plans() {
+  // 2 sequences x 3 heads x 5 new tokens; k rows of 40 (32 rotated: 16 pairs, 8 copied: 4 pairs), v rows of 24
+  // (12 pairs): 32 units a row, 30 rows = 960 threads in 4 threadgroups of 256.
+  KvCacheAppendProblem p;
+  p.dtype = "bfloat16";
+  p.batch = 2, p.kv_heads = 3, p.new_len = 5, p.head_dim = 40, p.value_dim = 24;
+  p.pages = 8, p.page_size = 16, p.max_pages = 4;
+  p.k_cache_strides = {16 * 3 * 40, 40, 3 * 40}, p.v_cache_strides = {16 * 3 * 24, 24, 3 * 24};
+  p.k_strides = {3 * 5 * 40, 5 * 40, 40}, p.v_strides = {3 * 5 * 24, 5 * 24, 24};
+  p.block_table_strides = {4, 1};
+  p.rotary.dtype = "float32", p.rotary.rotary_dim = 32, p.rotary.length = 100, p.rotary.interleaved = true;
+  p.rotary.cos_strides = p.rotary.sin_strides = {16, 1};
+  Plan plan = plan_kv_cache_append(p);
+  CHECK_EQ(plan.launches.size(), 1u);
+  const Launch& a = plan.launches.at(0);
+  CHECK_EQ(a.threadgroups, (Grid{4, 1, 1}));
+  CHECK_EQ(a.threads_per_threadgroup, (Grid{MFA_KV_CACHE_THREADS, 1, 1}));
+  CHECK_EQ(define(a, "MFA_T"), "bfloat");
+  CHECK_EQ(define(a, "MFA_ROTARY_T"), "float");
+  CHECK_EQ(bound_tensor(a, MFA_KVC_COS), "rotary_cos");
+  const KvCacheAppendParams params = bound_params<KvCacheAppendParams>(a, MFA_KVC_PARAMS);
+  CHECK_EQ(params.threads, 960u);
+  CHECK_EQ(params.units_per_row, 32u);
+  CHECK_EQ(params.k_units, 20u);
+  CHECK_EQ(params.rotary.interleaved, 1u);
+  CHECK_EQ(params.k_cache_strides[2], int64_t(120));
+  p.rotary.rotary_dim = 0;  // no rotation: the tables are bound to k and never read; 20 + 12 units all the same
+  CHECK_EQ(bound_tensor(plan_kv_cache_append(p).launches.at(0), MFA_KVC_SIN), "k");
+  CHECK_EQ(define(plan_kv_cache_append(p).launches.at(0), "MFA_ROTARY_T"), "bfloat");
+  p.rotary.rotary_dim = 42;
+  CHECK_THROWS(std::invalid_argument, plan_kv_cache_append(p), "rotary_dim (42) must be <= the head dim (40)");
+  p.rotary.rotary_dim = 32, p.rotary.dtype = "float16";
+  CHECK_THROWS(std::invalid_argument, plan_kv_cache_append(p), "rotary_cos and rotary_sin must have the inputs'");
+  p.rotary.dtype = "bfloat16", p.new_len = 0;
+  CHECK(plan_kv_cache_append(p).launches.empty());
+
+  // Rotary embedding: 1 x 2 heads x 3 tokens of 41 (16 rotated pairs, 9 copied in 5 units): 126 threads.
+  RotaryEmbeddingProblem r;
+  r.dtype = "float16";
+  r.batch = 1, r.heads = 2, r.seq_len = 3, r.head_dim = 41, r.same_position = true;
+  r.x_strides = {2 * 3 * 41, 3 * 41, 41};
+  r.rotary.dtype = "float16", r.rotary.rotary_dim = 32, r.rotary.length = 10;
+  r.rotary.cos_strides = r.rotary.sin_strides = {16, 1};
+  const Plan rotary_plan = plan_rotary_embedding(r);
+  const Launch& e = rotary_plan.launches.at(0);
+  CHECK_EQ(e.threadgroups, (Grid{1, 1, 1}));
+  const RotaryEmbeddingParams rp = bound_params<RotaryEmbeddingParams>(e, MFA_ROPE_PARAMS);
+  CHECK_EQ(rp.threads, 126u);
+  CHECK_EQ(rp.same_position, 1u);
+  r.dtype = "float64";
+  CHECK_THROWS(std::invalid_argument, plan_rotary_embedding(r), "x must be float32, float16 or bfloat16");
+}
+
 void write_file(const std::filesystem::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;
@@ -448,6 +503,7 @@ int main(int argc, char** argv) {
       {"gemm_plan", test_gemm_plan},
       {"gemm_stream_k", test_gemm_stream_k},
       {"gemm_bad_and_empty_problems", test_gemm_bad_and_empty_problems},
+      {"kv_cache_plans", test_kv_cache_plans},
       {"shader_source_expansion", [&] { test_shader_source_expansion(argv[2]); }},
       {"shipped_shaders_expand", [&] { test_shipped_shaders_expand(argv[1]); }},
   };

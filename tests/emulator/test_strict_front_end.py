@@ -59,6 +59,9 @@ def _wide_sweep_plans():
         for dtype, q_len, sinks in itertools.product(variants.DTYPES, (1, 64), (False, True)):
             yield from variants.attention_plans(variants.attention_problem(family, dtype, q_len=q_len, kv_len=4096,
                                                                            sinks=sinks))
+        for dtype, q_len, kv_len in itertools.product(variants.DTYPES, (1, 9, 64, 1000), (16, 100, 4096)):
+            yield from variants.attention_plans(variants.attention_problem(family, dtype, q_len=q_len, kv_len=kv_len,
+                                                                           paged=True))
         for dtype, m, n, k, aligned in itertools.product(variants.DTYPES, (1, 8, 64, 1000), (1, 8, 64, 1000),
                                                          (0, 1, 64, 4096, 100000), (False, True)):
             yield _C.plan_gemm(variants.gemm_problem(family, dtype, m, n, k, aligned=aligned))
