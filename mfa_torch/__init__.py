@@ -8,6 +8,7 @@ from .attention import (explain, flash_attn_func, flash_attn_kvpacked_func, flas
                         scaled_dot_product_attention)
 from .flex import flex_attention
 from .gemm import linear, matmul
+from .kv_cache import flash_attn_with_kvcache
 from .patch import patch, unpatch
 from .routing import backend, get_backend, set_backend
 
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "flash_attn_qkvpacked_func",
-    "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func", "matmul",
+    "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func", "flash_attn_varlen_kvpacked_func",
+    "flash_attn_with_kvcache", "matmul",
     "linear", "flex_attention", "set_backend", "get_backend", "backend", "explain", "patch", "unpatch", "ArgumentError",
     "ArgumentTypeError",
 ]

@@ -18,6 +18,7 @@ from ._validation import (ArgumentTypeError, check_dropout, check_float_tensors,
                           check_window, overrides_torch_functions, require)
 from .attention_call import AttentionCall
 from .metal import attention as metal_attention
+from .paged_kv import PagedKV
 
 _torch_sdpa = pytorch_paths.torch_sdpa
 
@@ -360,17 +361,21 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     aligned to its bottom right. Returns out (total_q, H, Dv); with return_attn_probs=True
     (out, lse (H, total_q) fp32, S_dmask): with dropout, S_dmask is (batch, H, max_seqlen_q, max_seqlen_k), each
     sequence's probabilities (dropped ones negated) in its top-left corner and 0 elsewhere; without dropout, None.
-    Rows past cu_seqlens_q[-1] get 0. block_table (paged K/V caches) is not implemented yet: None only. s_aux (H,):
-    attention sinks, as in flash_attn_func."""
-    require(block_table is None, "block_table (paged K/V caches) is not supported by mfa_torch yet: pass "
-                                 "block_table=None with k and v as packed (total_k, Hk, D) tensors", NotImplementedError)
+    Rows past cu_seqlens_q[-1] get 0. s_aux (H,): attention sinks, as in flash_attn_func.
+    block_table (batch, max_pages) int32: k and v are paged caches (num_blocks, page_size, Hk, D / Dv), sequence b's
+    key j at row j % page_size of page block_table[b, j // page_size], cu_seqlens_k giving the key counts (forward
+    only: no dropout, no backward)."""
     check_float_tensors(q=q, k=k, v=v)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        require(t.dim() == 3, f"{name} must be 3-D (total_tokens, heads, head_dim), got shape {tuple(t.shape)}")
+    paged = block_table is not None
+    kv_layout = "(num_blocks, page_size, heads, head_dim)" if paged else "(total_tokens, heads, head_dim)"
+    require(q.dim() == 3, f"q must be 3-D (total_tokens, heads, head_dim), got shape {tuple(q.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        require(t.dim() == 3 + paged, f"{name} must be {3 + paged}-D {kv_layout}, got shape {tuple(t.shape)}")
     total_q, H, D = q.shape
-    require(k.shape[2] == D, f"k head_dim {k.shape[2]} must equal q head_dim {D}")
-    require(v.shape[0] == k.shape[0], f"v total tokens {v.shape[0]} must equal k total tokens {k.shape[0]}")
-    _check_heads(H, k.shape[1], v.shape[1], True, ("q", "k", "v"))
+    require(k.shape[-1] == D, f"k head_dim {k.shape[-1]} must equal q head_dim {D}")
+    require(v.shape[:-2] == k.shape[:-2], f"v {tuple(v.shape)} and k {tuple(k.shape)} must agree on all but heads and "
+                                          "head dim")
+    _check_heads(H, k.shape[-2], v.shape[-2], True, ("q", "k", "v"))
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device)
     _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device)
     require(cu_seqlens_q.shape == cu_seqlens_k.shape,
@@ -386,6 +391,9 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     sinks = None if s_aux is None else _check_sinks(s_aux, q, H, "s_aux")
     with_probs = _check_attn_probs(return_attn_probs, dropout_p, (batch, H, int(max_seqlen_q), int(max_seqlen_k)))
     canonical = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
+    if paged:
+        return _paged_varlen(q, k, v, block_table, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                             dropout_p, alibi, scale, window, softcap, sinks, return_attn_probs)
     call = AttentionCall(canonical(q), canonical(k), canonical(v), alibi=alibi, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
                          max_q=int(max_seqlen_q), max_k=int(max_seqlen_k), scale=scale, window=window,
                          bottom_right=True, softcap=softcap, dropout_p=dropout_p, sinks=sinks,
@@ -393,6 +401,27 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     route = _route(call, ["varlen (cu_seqlens)"], metal_attention.metal_lacks(q.dtype, D, v.shape[2]))
     result = _flash_run(call, route, return_attn_probs, with_probs, lambda out: out[0].transpose(0, 1).contiguous())
     return (result[0], result[1][0], result[2]) if return_attn_probs else result
+
+
+def _paged_varlen(q, k, v, block_table, cu_q, cu_k, max_q, max_k, dropout_p, alibi, scale, window, softcap, sinks,
+                  return_attn_probs):
+    """flash_attn_varlen_func reading K and V from a paged cache (FlashAttention 2's paged varlen forward)."""
+    require(dropout_p == 0, f"dropout_p must be 0 with block_table (a paged cache is for inference), got {dropout_p}")
+    batch = cu_q.shape[0] - 1
+    require(isinstance(block_table, torch.Tensor) and block_table.dtype == torch.int32 and block_table.dim() == 2
+            and block_table.shape[0] == batch and block_table.device == q.device,
+            f"block_table must be an int32 tensor of shape ({batch}, max_pages) on {q.device}, got "
+            + (f"{block_table.dtype} {tuple(block_table.shape)} on {block_table.device}"
+               if isinstance(block_table, torch.Tensor) else type(block_table).__name__))
+    spans = torch.stack([torch.zeros_like(cu_k[1:]), cu_k[1:] - cu_k[:-1]], dim=1)
+    call = AttentionCall(q.transpose(0, 1).unsqueeze(0), k.transpose(1, 2), v.transpose(1, 2), alibi=alibi, cu_q=cu_q,
+                         max_q=max_q, max_k=max_k, scale=scale, window=window, bottom_right=True, softcap=softcap,
+                         sinks=sinks, pages=PagedKV(block_table, spans), lse_wanted=return_attn_probs)
+    route = routing.choose(q.device, ["a paged K/V cache (block_table)"],
+                           metal_attention.metal_lacks(q.dtype, q.shape[2], v.shape[3]))
+    out, lse = call.run(route.name)
+    out = out[0].transpose(0, 1).contiguous()
+    return (out, lse[0], None) if return_attn_probs else out
 
 
 # Packed inputs: FlashAttention's layouts with q, k, v (or k, v) stacked along one dimension. They reach the

@@ -1,4 +1,4 @@
-"""FlashAttention's API as its users call it: window_size in any integer pair form, block_table=None, the packed
+"""FlashAttention's API as its users call it: window_size in any integer pair form, block_table, the packed
 functions (whose q, k, v reach the ops as views of the packed tensor), and S_dmask, the attention probabilities
 with the dropped ones negated, which FlashAttention returns with return_attn_probs=True and dropout."""
 import numpy as np
@@ -88,11 +88,14 @@ def test_varlen_takes_block_table_none():
     assert_close_fp64("out", keyword, varlen_attention_fp64(q, k, v, cu_q, cu_k)[0], torch.float32)
 
 
-def test_a_block_table_is_refused_until_paged_caches_exist():
-    q, k, v, cu_q, cu_k, max_q, max_k = _varlen()
-    with pytest.raises(NotImplementedError, match="block_table"):
-        mfa_torch.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, block_table=torch.zeros(2, 1,
-                                                                                                   dtype=torch.int32))
+def test_a_positional_block_table_reads_the_keys_as_pages():
+    """The packed keys as a cache of one-row pages, each sequence's block table listing its rows: the same attention
+    (tests/test_kv_cache.py tests paged caches in depth)."""
+    q, k, v, cu_q, cu_k, max_q, max_k = _varlen(lens_k=(4, 7))
+    table = torch.stack([torch.arange(7), torch.arange(4, 11)]).to(torch.int32)  # sequence 0 uses 4 of its 7 pages
+    paged = mfa_torch.flash_attn_varlen_func(q, k.unsqueeze(1), v.unsqueeze(1), cu_q, cu_k, max_q, max_k, 0.0, None,
+                                             True, (-1, -1), 0.0, None, False, False, table)
+    assert_close_fp64("out", paged, varlen_attention_fp64(q, k, v, cu_q, cu_k, causal=True)[0], torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
