@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mfa_torch import _C
-from mfa_torch.bench import cpu_memory, formulas, implementations, kernel_counters, measure, report, run, structured, work
+from mfa_torch.bench import cpu_memory, decode, formulas, implementations, kernel_counters, measure, report, run, \
+    structured, work
 from mfa_torch.bench.__main__ import main
 from mfa_torch.bench.cases import AttentionCase
 
@@ -103,6 +104,19 @@ def _read_csv(path):
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         return reader.fieldnames, list(reader)
+
+
+def test_the_decode_case_runs_both_paged_implementations_in_one_run(tmp_path):
+    """transformers' generate_batch with paged|mfa and paged|sdpa on the same tiny model: the same tokens, both rates
+    measured, and a table and CSV that say which is which."""
+    rows = decode.rows(torch.device("cpu"), quick=True)
+    assert [(r["impl"], r["attn_implementation"]) for r in rows] == [("mfa_torch", "paged|mfa"), ("torch", "paged|sdpa")]
+    assert all(r["same_tokens"] is True and r["decode_tokens_per_s"] > 0 and r["new_tokens"] == decode.QUICK_NEW_TOKENS
+               for r in rows)
+    text = report.write_all(str(tmp_path), [], [], decode_rows=rows)
+    assert "| mfa_torch | paged\\|mfa | cpu | 8 |" in text
+    columns, written = _read_csv(tmp_path / "decode.csv")
+    assert tuple(columns) == decode.COLUMNS and [r["impl"] for r in written] == ["mfa_torch", "torch"]
 
 
 def test_quick_mode_writes_tables_and_csvs(tmp_path):
@@ -238,6 +252,24 @@ def test_counter_rows_of_a_case_with_sinks_and_two_head_dims():
     assert totals[label + " fwd"]["useful_mma_fraction"] == 1.0
     tiles = (128 // 8) ** 2
     assert totals[label + " bwd"]["useful_mma_fraction"] == pytest.approx(8 * tiles / (11 * tiles + 128 // 8))
+
+
+@pytest.mark.emulator
+def test_decoding_from_pages_costs_only_the_block_table_reads():
+    """One query for each of 16 heads on 2 K/V heads, 2048 keys of D = 128 (fp16, Apple9): 8 packed rows per K/V head,
+    one 8-row tile against 256 key tiles, E / 8 + Ev / 8 = 32 products each: 16384 MMAs, contiguous or paged. The paged
+    forward moves the same K/V bytes (16 per access, the pool's rows allow it) and the same threadgroup bytes, and reads
+    one 4-byte block-table entry per 16-byte chunk of K and V copied plus each thread's span (2 ints)."""
+    contiguous, paged = (kernel_counters.decode_rows(case, "apple9") for case in kernel_counters.DECODE_CASES)
+    forward = [next(r for r in rows if r["kernel"] == "attention_forward") for rows in (contiguous, paged)]
+    assert [r["mma"] for r in forward] == [16384, 16384]
+    assert [r["useful_mma_fraction"] for rows in (contiguous, paged) for r in rows
+            if r["kernel"] == "(all launches)"] == [1.0, 1.0]
+    assert forward[0]["threadgroup_bytes"] == forward[1]["threadgroup_bytes"]
+    assert "MFA_PAGED_KV=1" in forward[1]["defines"] and "MFA_PAGED_KV=0" in forward[0]["defines"]
+    chunks = 2 * 2048 * (128 // 8) * 2  # K and V, 8 halves per 16-byte chunk, 2 K/V heads
+    threads = 32 * forward[1]["threadgroups"]  # one SIMD-group per threadgroup (8 packed rows)
+    assert forward[1]["device_bytes"] - forward[0]["device_bytes"] == 4 * chunks + 4 * 2 * threads
 
 
 @pytest.mark.emulator

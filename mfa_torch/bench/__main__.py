@@ -7,7 +7,7 @@ import torch
 
 import mfa_torch
 from .. import _C
-from . import cases, environment, implementations, kernel_counters, measure, report, run, structured, work
+from . import cases, decode, environment, implementations, kernel_counters, measure, report, run, structured, work
 
 TIMED = [
     "Latency: the median over samples, after one warm-up call; a sample runs one or more calls back to back and then "
@@ -28,6 +28,13 @@ STRUCTURED = [
     "names; torch+mask is PyTorch's SDPA with the equivalent mask (none expresses a softcap); flex is "
     "torch.compile(flex_attention) with the equivalent block mask and score_mod (its compilation is the warm-up call, "
     "not timed; no backward off CUDA). MiB on a CPU: the resident memory a call added at its peak (Linux).",
+]
+DECODE = [
+    "Decode: transformers' generate_batch (continuous batching, a paged KV cache of "
+    f"{decode.PAGE_SIZE}-token pages) on a tiny Llama with random weights, greedy, prompts of "
+    f"{', '.join(map(str, decode.PROMPT_LENGTHS))} tokens: mfa_torch's \"paged|mfa\" (full-attention layers read K "
+    "and V from the cache's pages) against transformers' \"paged|sdpa\" (PyTorch's SDPA on the gathered K and V), "
+    "same run. Tokens per second over every token after each request's first.",
 ]
 ON_CPU = ("**CPU reference-route times, not GPU numbers.** No Apple GPU here: mfa_torch runs its reference route "
           "(PyTorch operations) on the CPU and `torch` is PyTorch's CPU path. Run this on a Mac for GPU numbers.")
@@ -66,9 +73,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m mfa_torch.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a subset that runs in about a minute")
     p.add_argument("--out", default="mfa_bench_results", help="output directory (default ./mfa_bench_results)")
-    p.add_argument("--what", default=("attention", "structured", "gemm"), type=_csv_list(str),
-                   help="attention, structured (windows, ALiBi, softcap against PyTorch's paths; not on MPS), gemm; "
-                        "default all")
+    p.add_argument("--what", default=("attention", "structured", "gemm", "decode"), type=_csv_list(str),
+                   help="attention, structured (windows, ALiBi, softcap against PyTorch's paths; not on MPS), gemm, "
+                        "decode (transformers' generate_batch with paged|mfa and paged|sdpa); default all")
     p.add_argument("--dtypes", type=_csv_list(cases.DTYPES.__getitem__),
                    help="comma list of float32, float16, bfloat16 (or fp32, fp16, bf16)")
     p.add_argument("--sizes", type=_csv_list(int), help="sequence lengths L = S and GEMM sizes, e.g. 1024,4096")
@@ -77,7 +84,7 @@ def parse_args(argv):
                    help="count the Metal kernels' work under the emulator instead of timing (also when the "
                         "mfa_torch backend is \"emulator\")")
     args = p.parse_args(argv)
-    unknown = set(args.what) - {"attention", "structured", "gemm"}
+    unknown = set(args.what) - {"attention", "structured", "gemm", "decode"}
     if unknown:
         p.error(f"--what: unknown {', '.join(sorted(unknown))}")
     return args
@@ -111,9 +118,11 @@ def timed_report(args):
         if "structured" in args.what else ()
     structured_rows = structured.rows(structured_cases, dev, settings)
     gemm = run.gemm_rows(sweep.gemm, dev, settings, budget)
-    explanations = _device_warnings(dev) + TIMED + (STRUCTURED if structured_rows else [])
+    decode_rows = decode.rows(dev, args.quick) if "decode" in args.what else []
+    explanations = _device_warnings(dev) + TIMED + (STRUCTURED if structured_rows else []) + \
+        (DECODE if decode_rows else [])
     return report.write_all(args.out, header, explanations, attention_rows=attention, gemm_rows=gemm,
-                            structured_rows=structured_rows)
+                            structured_rows=structured_rows, decode_rows=decode_rows)
 
 
 def main(argv=None):

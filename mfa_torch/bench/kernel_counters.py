@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 
 from .. import block_masks
+from ..paged_kv import PagedKV
 from ..emulator import counters, profile
 from ..metal import attention as metal_attention
 from ..metal import gemm as metal_gemm
@@ -49,6 +50,47 @@ FEATURE_CASES = (AttentionCase(torch.float16, 512, 512, LARGE_DIM_SIZE),
                  AttentionCase(torch.float16, 64, 64, SIZE, sinks=True),
                  AttentionCase(torch.float16, 64, 64, SIZE, block_sparse=True))
 SPARSE_BLOCK = (32, 64)
+
+
+class DecodeCase(NamedTuple):
+    """One query per head against a long cache, GQA (16 query heads on 2 K/V heads): contiguous, or paged."""
+    dtype: torch.dtype
+    head_dim: int
+    keys: int
+    page_size: int = 0  # 0: a contiguous cache
+    q_heads: int = 16
+    kv_heads: int = 2
+
+
+# Decoding from a contiguous cache and from one in pages of 16 rows (shuffled): the paged forward's products and
+# threadgroup traffic are the contiguous one's; it adds the block-table reads.
+DECODE_CASES = (DecodeCase(torch.float16, 128, 2048), DecodeCase(torch.float16, 128, 2048, page_size=16))
+
+
+def decode_rows(case, family):
+    """The forward (and the split-KV combine) of one decoding step."""
+    gen = torch.Generator().manual_seed(0)
+    d, keys = case.head_dim, case.keys
+    q = torch.randn(1, case.q_heads, 1, d, generator=gen).to(case.dtype)
+    pages = None
+    if case.page_size:
+        count = keys // case.page_size
+        k, v = (torch.randn(count, case.kv_heads, case.page_size, d, generator=gen).to(case.dtype) for _ in range(2))
+        pages = PagedKV(torch.randperm(count, generator=gen).view(1, count).to(torch.int32),
+                        torch.tensor([[0, keys]], dtype=torch.int32))
+    else:
+        k, v = (torch.randn(1, case.kv_heads, keys, d, generator=gen).to(case.dtype) for _ in range(2))
+    label = f"decode {str(case.dtype).removeprefix('torch.')} D={d} GQA {case.q_heads}/{case.kv_heads} S={keys} " + \
+        (f"paged {case.page_size}" if case.page_size else "contiguous")
+    with profile() as forward:
+        out, stats = metal_attention.forward(ROUTE, q, k, v, None, None, None, None, 1, keys, d ** -0.5, -1, -1, True,
+                                             0.0, 0.0, None, pages=pages, family=family)
+    flops = formulas.attention_forward_flops(1, case.q_heads, 1, keys, d, False)
+    published = flops / (MFA_FORWARD[family].get(d, min(MFA_FORWARD[family].values())) *
+                         model.CHIPS[family].nominal_tflops * 1e12)
+    scores = case.q_heads * keys
+    return _rows(label, family, forward.launches, _bytes(q, k, v, out, stats), published, keys=keys, scores=scores,
+                 useful_mma=scores / 64 * 2 * d / 8)
 
 
 def _block_sparse_mask(length, heads):
@@ -164,6 +206,8 @@ def gemm_rows(case, family):
 
 def counter_rows(quick, dtypes=None, sizes=None, head_dims=None):
     jobs = [(attention_rows, case) for case in attention_cases(quick, dtypes, sizes, head_dims)]
+    if not (quick or dtypes or sizes or head_dims):
+        jobs += [(decode_rows, case) for case in DECODE_CASES]
     jobs += [(gemm_rows, case) for case in gemm_cases(quick, dtypes, sizes)]
     rows = []
     for family in FAMILIES:

@@ -2,7 +2,7 @@
 import csv
 import os
 
-from . import kernel_counters, run, structured
+from . import decode, kernel_counters, run, structured
 from .work import WORK_COLUMNS
 
 MEASURES = {  # the markdown columns per implementation, from the row's fields
@@ -78,6 +78,15 @@ def structured_sections(rows, notes):
                          table(("structure", "dtype", "L", "pass", "mfa_torch route", "time / fastest PyTorch path",
                                 "peak memory / SDPA with the mask"), body)))
     return sections
+
+
+def decode_sections(rows, notes):
+    body = [[r["impl"], r["attn_implementation"].replace("|", "\\|"), r["device"], r.get("new_tokens", ""),
+             notes.ref(r["note"]) if r.get("note") else f"{r['decode_tokens_per_s']:.1f}", r.get("same_tokens", "")]
+            for r in rows]
+    return [(f"Decode with continuous batching ({rows[0]['model']}, prompts {rows[0]['prompts']})",
+             table(("impl", "attn_implementation", "device", "new tokens", "decode tokens/s", "same tokens"), body))] \
+        if rows else []
 
 
 def gemm_sections(rows, notes):
@@ -162,12 +171,13 @@ def _plot(plt, rows, *, panel, series, x, y, axis_labels, title, path):
 
 
 def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), work_rows=(), structured_rows=(),
-              counter_rows=()):
+              counter_rows=(), decode_rows=()):
     """Writes results.md, the CSVs and plots into out_dir; returns the markdown text."""
     os.makedirs(out_dir, exist_ok=True)
     notes = Notes()
     sections = attention_sections(attention_rows, notes) + structured_sections(structured_rows, notes) + \
-        gemm_sections(gemm_rows, notes) + work_sections(work_rows) + counter_sections(counter_rows)
+        gemm_sections(gemm_rows, notes) + decode_sections(decode_rows, notes) + work_sections(work_rows) + \
+        counter_sections(counter_rows)
     text = document(header, explanations, sections, notes)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text)
@@ -181,5 +191,7 @@ def write_all(out_dir, header, explanations, attention_rows=(), gemm_rows=(), wo
         write_csv(os.path.join(out_dir, "kernel_counters.csv"), kernel_counters.CSV_COLUMNS, counter_rows)
     if structured_rows:
         write_csv(os.path.join(out_dir, "structured_attention.csv"), structured.COLUMNS, structured_rows)
+    if decode_rows:
+        write_csv(os.path.join(out_dir, "decode.csv"), decode.COLUMNS, decode_rows)
     write_plots(out_dir, attention_rows, gemm_rows)
     return text
