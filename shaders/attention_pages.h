@@ -15,20 +15,29 @@ inline AttentionSequence attention_paged_sequence(constant AttentionParams& p, u
   return s;
 }
 
-// The rows of one K/V head of a sequence, found through its pages (a row source for mfa_copy_rows).
+// The rows of one K/V head of a sequence, found through its pages (a row source for mfa_copy_rows). A copy's thread
+// visits its rows in order, so it keeps the last page it looked up: one block-table read per page it enters, not per
+// access.
 template <typename T>
 struct attention_paged_rows {
   device const T* head;      // the head's row 0 in page 0 (plus the caller's column offset)
   long page_stride, row_stride;
   device const int* pages;   // the sequence's row of the block table
   int first, page_size;      // the sequence's first cache position; rows per page
-  device const T* row(int key) const {
-    const int position = first + key;
-    return head + long(pages[position / page_size]) * page_stride + long(position % page_size) * row_stride;
+  int looked_up = -1;        // the block-table entry last read (-1: none yet), and its page's offset
+  long page_offset = 0;
+  device const T* row(int key) {
+    const int position = first + key, entry = position / page_size;
+    if (entry != looked_up) {
+      looked_up = entry;
+      page_offset = long(pages[entry]) * page_stride;
+    }
+    return head + page_offset + long(position - entry * page_size) * row_stride;
   }
   attention_paged_rows starting_at(int key) const {  // keys key, key + 1, ...
     attention_paged_rows rows = *this;
     rows.first += key;
+    rows.looked_up = -1;
     return rows;
   }
 };

@@ -259,7 +259,9 @@ def test_decoding_from_pages_costs_only_the_block_table_reads():
     """One query for each of 16 heads on 2 K/V heads, 2048 keys of D = 128 (fp16, Apple9): 8 packed rows per K/V head,
     one 8-row tile against 256 key tiles, E / 8 + Ev / 8 = 32 products each: 16384 MMAs, contiguous or paged. The paged
     forward moves the same K/V bytes (16 per access, the pool's rows allow it) and the same threadgroup bytes, and reads
-    one 4-byte block-table entry per 16-byte chunk of K and V copied plus each thread's span (2 ints)."""
+    4-byte block-table entries, each thread one per page its share of a K or V tile copy enters, plus each thread's
+    span (2 ints). A tile's 16 chunks per row go to 16 threads, so the 32 threads take every other row: each enters
+    every page of 16 rows the tile covers, 2048 / 16 pages per K/V head, for K and for V."""
     contiguous, paged = (kernel_counters.decode_rows(case, "apple9") for case in kernel_counters.DECODE_CASES)
     forward = [next(r for r in rows if r["kernel"] == "attention_forward") for rows in (contiguous, paged)]
     assert [r["mma"] for r in forward] == [16384, 16384]
@@ -267,9 +269,9 @@ def test_decoding_from_pages_costs_only_the_block_table_reads():
             if r["kernel"] == "(all launches)"] == [1.0, 1.0]
     assert forward[0]["threadgroup_bytes"] == forward[1]["threadgroup_bytes"]
     assert "MFA_PAGED_KV=1" in forward[1]["defines"] and "MFA_PAGED_KV=0" in forward[0]["defines"]
-    chunks = 2 * 2048 * (128 // 8) * 2  # K and V, 8 halves per 16-byte chunk, 2 K/V heads
+    table_reads = 2 * 2 * (2048 // 16) * 32  # K and V, 2 K/V heads, pages per head, threads of a threadgroup
     threads = 32 * forward[1]["threadgroups"]  # one SIMD-group per threadgroup (8 packed rows)
-    assert forward[1]["device_bytes"] - forward[0]["device_bytes"] == 4 * chunks + 4 * 2 * threads
+    assert forward[1]["device_bytes"] - forward[0]["device_bytes"] == 4 * table_reads + 4 * 2 * threads
 
 
 @pytest.mark.emulator
