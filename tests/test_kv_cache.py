@@ -14,7 +14,26 @@ import mfa_torch
 from kernel_routes import recorded_plans
 from oracle import assert_rule, attention_fp64, torch_attention_same_dtype
 
-BACKENDS = ["reference", pytest.param("emulator", marks=pytest.mark.emulator)]
+BACKENDS = ["reference", pytest.param("emulator", marks=pytest.mark.emulator),
+            pytest.param("metal", marks=pytest.mark.mps)]
+DEVICE = {"reference": "cpu", "emulator": "cpu", "metal": "mps"}
+
+
+def _on(backend, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with the backend selected and every tensor argument on its device; the results come back
+    to the CPU, and caches the call wrote in place (tensors passed as k_cache / v_cache or as the first two
+    positional arguments after q) are copied back into the caller's tensors."""
+    device = DEVICE[backend]
+    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    moved_args, moved_kwargs = [move(a) for a in args], {n: move(t) for n, t in kwargs.items()}
+    with mfa_torch.backend(backend):
+        result = fn(*moved_args, **moved_kwargs)
+    for given, moved in list(zip(args[1:3], moved_args[1:3])) + [(kwargs[n], moved_kwargs[n]) for n in
+                                                                 ("k_cache", "v_cache") if n in kwargs]:
+        if moved is not given:
+            given.copy_(moved.cpu())
+    back = lambda t: t.cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return tuple(back(r) for r in result) if isinstance(result, tuple) else back(result)
 
 
 def _generator(seed):
@@ -105,9 +124,8 @@ def test_decode_through_pages(backend, page_size, capacity):
     g = _generator(2)
     q = _randn((3, 1, 8, 64), dtype, g)  # 8 query heads on 2 K/V heads
     lengths = torch.tensor([capacity, 1, capacity // 2 + 3], dtype=torch.int32)
-    with mfa_torch.backend(backend):
-        out, lse = mfa_torch.flash_attn_with_kvcache(q, cache.k, cache.v, cache_seqlens=lengths,
-                                                     block_table=cache.block_table, return_softmax_lse=True)
+    out, lse = _on(backend, mfa_torch.flash_attn_with_kvcache, q, cache.k, cache.v, cache_seqlens=lengths,
+                   block_table=cache.block_table, return_softmax_lse=True)
     _check(q, cache, lengths, out, lse, dtype)
 
 
@@ -121,10 +139,8 @@ def test_chunked_prefill_causal_with_window_and_softcap(backend, dtype):
     lengths = torch.tensor([300, 135], dtype=torch.int32)
     alibi = torch.rand(2, 2, generator=g) * 0.1
     options = dict(causal=True, window=(90, 0), softcap=5.0, alibi=alibi)
-    with mfa_torch.backend(backend):
-        out = mfa_torch.flash_attn_with_kvcache(q, cache.k, cache.v, cache_seqlens=lengths,
-                                                block_table=cache.block_table, causal=True, window_size=(90, -1),
-                                                softcap=5.0, alibi_slopes=alibi)
+    out = _on(backend, mfa_torch.flash_attn_with_kvcache, q, cache.k, cache.v, cache_seqlens=lengths,
+              block_table=cache.block_table, causal=True, window_size=(90, -1), softcap=5.0, alibi_slopes=alibi)
     _check(q, cache, lengths, out, None, dtype, **options)
 
 
@@ -142,10 +158,8 @@ def test_leftpad_batch_index_and_sinks(backend):
     picked = Cache.__new__(Cache)  # the oracle's view: the picked rows as their own cache
     picked.page_size, picked.block_table = None, None
     picked.k, picked.v = cache.k[index.long()], cache.v[index.long()]
-    with mfa_torch.backend(backend):
-        out, lse = mfa_torch.flash_attn_with_kvcache(q, cache.k, cache.v, cache_seqlens=lengths, cache_batch_idx=index,
-                                                     cache_leftpad=leftpad, causal=True, s_aux=sinks,
-                                                     return_softmax_lse=True)
+    out, lse = _on(backend, mfa_torch.flash_attn_with_kvcache, q, cache.k, cache.v, cache_seqlens=lengths,
+                   cache_batch_idx=index, cache_leftpad=leftpad, causal=True, s_aux=sinks, return_softmax_lse=True)
     _check(q, picked, lengths, out, lse, dtype, leftpad=leftpad, causal=True, sinks=sinks)
     assert torch.equal(out[2], torch.zeros_like(out[2]))  # no keys: 0, its lse the sink alone
     assert torch.allclose(lse[2], sinks.view(2, 1).expand(2, 4))
@@ -208,10 +222,8 @@ def test_append_with_rotary_then_attend(backend, page_size, dtype, rotary_dim, i
     seqlens = torch.tensor([5, 21], dtype=torch.int32)  # 5..10 crosses a page of 8; 21..26 one of 8 and one of 24
     positions = seqlens.long().view(-1, 1) + torch.arange(new)
     before_k, before_v = cache.k.clone(), cache.v.clone()
-    with mfa_torch.backend(backend):
-        out = mfa_torch.flash_attn_with_kvcache(q, cache.k, cache.v, k, v, cos, sin, cache_seqlens=seqlens,
-                                                block_table=cache.block_table, causal=True,
-                                                rotary_interleaved=interleaved)
+    out = _on(backend, mfa_torch.flash_attn_with_kvcache, q, cache.k, cache.v, k, v, cos, sin, cache_seqlens=seqlens,
+              block_table=cache.block_table, causal=True, rotary_interleaved=interleaved)
 
     # The cache: the new rows written where they go, rotated; every other row untouched, bit for bit.
     written = torch.zeros(cache.k.shape[:2], dtype=torch.bool)
@@ -254,9 +266,8 @@ def test_without_causal_the_queries_rotate_at_cache_seqlens(backend):
     page, row = cache.positions(0, 9, 10)
     expected_k[page, row] = _rope(k.double(), cos.double(), sin.double(), torch.full((1, 1), 9), True)[0]
     expected_v[page, row] = v[0].double()
-    with mfa_torch.backend(backend):
-        out = mfa_torch.flash_attn_with_kvcache(q, cache.k, cache.v, k, v, cos, sin, cache_seqlens=9,
-                                                block_table=cache.block_table)
+    out = _on(backend, mfa_torch.flash_attn_with_kvcache, q, cache.k, cache.v, k, v, cos, sin, cache_seqlens=9,
+              block_table=cache.block_table)
     at_nine = torch.full((1, 3), 9)
     ref, _ = _expected(_rope(q.double(), cos.double(), sin.double(), at_nine, True), cache, torch.tensor([10]),
                        k=expected_k, v=expected_v)
@@ -274,10 +285,8 @@ def test_varlen_reads_paged_keys(backend):
     cu_q = torch.tensor([0] + lengths_q).cumsum(0).to(torch.int32)
     cu_k = torch.tensor([0] + lengths_k).cumsum(0).to(torch.int32)
     q = _randn((sum(lengths_q), 4, 32), dtype, _generator(10))
-    with mfa_torch.backend(backend):
-        out, lse, _ = mfa_torch.flash_attn_varlen_func(q, cache.k, cache.v, cu_q, cu_k, max(lengths_q),
-                                                       max(lengths_k), causal=True, block_table=cache.block_table,
-                                                       return_attn_probs=True)
+    out, lse, _ = _on(backend, mfa_torch.flash_attn_varlen_func, q, cache.k, cache.v, cu_q, cu_k, max(lengths_q),
+                      max(lengths_k), causal=True, block_table=cache.block_table, return_attn_probs=True)
     for b in range(4):
         rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
         qb = q[rows].unsqueeze(0)
