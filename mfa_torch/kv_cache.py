@@ -31,7 +31,7 @@ class _CacheCall:
     """A validated flash_attn_with_kvcache call: the cache as pages, where the new tokens go, what attends."""
 
     def __init__(self, q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                 cache_leftpad, block_table, causal, window_size, rotary_interleaved, num_splits):
+                 cache_leftpad, block_table, rotary_interleaved, num_splits):
         check_float_tensors(q=q, k_cache=k_cache, v_cache=v_cache)
         for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
             require(t.dim() == 4, f"{name} must be 4-D, got shape {tuple(t.shape)}")
@@ -114,13 +114,12 @@ class _CacheCall:
         require(isinstance(num_splits, numbers.Integral) and not isinstance(num_splits, bool) and num_splits >= 0,
                 f"num_splits must be an int >= 0 (0: the planner's choice), got {num_splits!r}")
         self.num_splits = int(num_splits)
-        # FlashAttention rotates the queries at their own positions when causal or local, else all at cache_seqlens.
-        self.same_position = not causal and tuple(window_size) == (-1, -1)
-        self.longest = self._check_values()
 
-    def _check_values(self):
+    def check_values(self, same_position):
         """One read of the index tensors: every position within the cache and the rotary tables, every page and
-        cache row within k_cache. Returns the longest key count."""
+        cache row within k_cache. same_position: the queries rotate at cache_seqlens (not causal, not local:
+        FlashAttention's rule), else at their own positions. Sets the longest key count."""
+        self.same_position = same_position
         seqlens = self.seqlens.tolist()
         leftpad = [0] * self.B if self.leftpad is None else self.leftpad.tolist()
         table = self.table.tolist()
@@ -141,7 +140,7 @@ class _CacheCall:
                 last = seqlens[b] + max(self.new, 1 if self.same_position else self.Lq) - 1
                 require(last < self.rotary[0].shape[0], f"rotary_cos and rotary_sin have {self.rotary[0].shape[0]} "
                                                         f"positions but sequence {b} reaches position {last}")
-        return max((s + self.new - p for s, p in zip(seqlens, leftpad)), default=0)
+        self.longest = max((s + self.new - p for s, p in zip(seqlens, leftpad)), default=0)
 
     def append(self):
         """Writes the new keys (rotated) and values into the cache at cache_seqlens."""
@@ -187,11 +186,12 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     """
     require(isinstance(return_softmax_lse, bool), "return_softmax_lse must be a bool", ArgumentTypeError)
     call = _CacheCall(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
-                      cache_leftpad, block_table, causal, window_size, rotary_interleaved, num_splits)
+                      cache_leftpad, block_table, rotary_interleaved, num_splits)
     _, scale, window, softcap = _flash_options(0.0, softmax_scale, causal, window_size, softcap, q.shape[3])
     alibi = None if alibi_slopes is None else \
         _check_alibi(alibi_slopes, q, {(call.H,), (call.B, call.H)}, f"({call.H},) or ({call.B}, {call.H})")
     sinks = None if s_aux is None else _check_sinks(s_aux, q, call.H, "s_aux")
+    call.check_values(same_position=not causal and window == (-1, -1))
     route = routing.choose(q.device, ["a K/V cache (flash_attn_with_kvcache)"],
                            metal_attention.metal_lacks(q.dtype, q.shape[3], call.Dv))
     call.append()

@@ -1,5 +1,5 @@
 """Hypothesis fuzz of bad input: every public function (scaled_dot_product_attention, explain, flash_attn_func,
-flash_attn_varlen_func, matmul, linear) and the raw ops (torch.ops.mfa.attention_forward / attention_backward /
+flash_attn_varlen_func, flash_attn_with_kvcache (which must also leave the cache unwritten), matmul, linear) and the raw ops (torch.ops.mfa.attention_forward / attention_backward /
 gemm) get a valid call with exactly one thing made invalid (a shape, rank, dtype, device, cu_seqlens value, window,
 mask, scale, softcap, dropout, NaN/inf scalar, ...). Each must raise a RuntimeError (what PyTorch's SDPA and
 FlashAttention raise; mfa_torch's own errors are also ValueError or TypeError) whose message names the argument,
@@ -365,6 +365,121 @@ def test_fuzz_flash_attn_varlen_func(call, backend):
     thunk, pattern = call
     with mfa_torch.backend(backend):
         _expect(thunk, pattern)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# flash_attn_with_kvcache: one thing broken, and nothing written to the cache
+
+@st.composite
+def kvcache_calls(draw):
+    """(call, pattern, caches): a valid paged or contiguous call with new tokens and rotary, one thing made invalid."""
+    dtype = draw(st.sampled_from(FLOATS))
+    B, Hk, G, D = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 2)), 2 * draw(st.integers(1, 4))
+    paged = draw(st.booleans())
+    page, pages_per_sequence = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    capacity = page * pages_per_sequence if paged else draw(st.integers(4, 12))
+    new = draw(st.integers(1, min(3, capacity)))
+    rows, length = (B * pages_per_sequence + 1, page) if paged else (B + 1, capacity)
+    t = lambda *shape, dt=dtype: torch.randn(shape).to(dt)  # noqa: E731
+    seqlens = [draw(st.integers(0, max(capacity - new, 0))) for _ in range(B)]
+    args = dict(q=t(B, 1, Hk * G, D), k_cache=t(rows, length, Hk, D), v_cache=t(rows, length, Hk, D),
+                k=t(B, new, Hk, D), v=t(B, new, Hk, D), rotary_cos=t(capacity + 1, D // 2),
+                rotary_sin=t(capacity + 1, D // 2), cache_seqlens=torch.tensor(seqlens, dtype=torch.int32))
+    if paged:
+        args["block_table"] = torch.arange(B * pages_per_sequence, dtype=torch.int32).view(B, pages_per_sequence)
+    which = draw(st.sampled_from(["q_rank", "cache_dtype", "cache_device", "new_heads", "new_dtype", "v_missing",
+                                  "seqlens_past", "seqlens_negative", "seqlens_dtype", "seqlens_shape", "leftpad_past",
+                                  "table_range", "table_dtype", "batch_index", "rotary_width", "rotary_short",
+                                  "rotary_dtype", "rotary_alone", "splits", "lse_type", "window", "scale", "softcap",
+                                  "alibi"]))
+    b = draw(st.integers(0, B - 1))
+    if which == "q_rank":
+        args["q"], pattern = args["q"][0], r"\bq must be 4-D"
+    elif which == "cache_dtype":
+        name = draw(st.sampled_from(["k_cache", "v_cache"]))
+        args[name], pattern = args[name].to(_other_float(draw, dtype)), name
+    elif which == "cache_device":
+        name = draw(st.sampled_from(["k_cache", "v_cache"]))
+        args[name], pattern = args[name].to("meta"), rf"{name} is on meta"
+    elif which == "new_heads":
+        args["k"], pattern = t(B, new, Hk + 1, D), r"\bk must have shape"
+    elif which == "new_dtype":
+        name = draw(st.sampled_from("kv"))
+        args[name], pattern = args[name].to(_other_float(draw, dtype)), rf"\b{name}\b"
+    elif which == "v_missing":
+        args["v"], pattern = None, "k and v"
+    elif which == "seqlens_past":
+        args["cache_seqlens"][b] = capacity - new + draw(st.integers(1, 5))
+        pattern = rf"cache_seqlens\[{b}\]"
+    elif which == "seqlens_negative":
+        args["cache_seqlens"][b] = -draw(st.integers(1, 2 ** 30))
+        pattern = rf"cache_seqlens\[{b}\]"
+    elif which == "seqlens_dtype":
+        args["cache_seqlens"], pattern = args["cache_seqlens"].long(), "cache_seqlens must be int32"
+    elif which == "seqlens_shape":
+        args["cache_seqlens"], pattern = torch.zeros(B + 1, dtype=torch.int32), "cache_seqlens must have shape"
+    elif which == "leftpad_past":
+        leftpad = torch.zeros(B, dtype=torch.int32)
+        leftpad[b] = seqlens[b] + draw(st.integers(1, 3))
+        args["cache_leftpad"], pattern = leftpad, rf"cache_leftpad\[{b}\]"
+    elif which == "table_range":  # sequence b's first page (or cache row), which its new tokens are written to
+        bad = draw(st.sampled_from([-1, rows, rows + 7, 2 ** 31 - 1]))
+        if paged:
+            args["block_table"][b, 0], args["cache_seqlens"][b] = bad, 0
+            pattern = rf"block_table\[{b}, 0\]"
+        else:
+            args["cache_batch_idx"] = torch.arange(B, dtype=torch.int32)
+            args["cache_batch_idx"][b] = bad
+            pattern = rf"cache_batch_idx\[{b}\]"
+    elif which == "table_dtype":
+        name = "block_table" if paged else "cache_batch_idx"
+        table = args["block_table"] if paged else torch.arange(B, dtype=torch.int32)
+        args[name], pattern = table.long(), rf"{name} must be int32"
+    elif which == "batch_index":
+        args["cache_batch_idx"] = torch.arange(B, dtype=torch.int32)
+        pattern = "cache_batch_idx" if paged else None
+        if not paged:
+            args["cache_batch_idx"] = torch.arange(B + 1, dtype=torch.int32)
+            pattern = "cache_batch_idx must have shape"
+    elif which == "rotary_width":
+        args["rotary_cos"] = args["rotary_sin"] = t(capacity + 1, D // 2 + 1)
+        pattern = "rotary_dim"
+    elif which == "rotary_short":
+        args["rotary_cos"], args["rotary_sin"] = args["rotary_cos"][:1], args["rotary_sin"][:1]
+        args["cache_seqlens"][b] = max(args["cache_seqlens"][b], 1) if capacity - new >= 1 else 0
+        pattern = "rotary_cos and rotary_sin have 1 positions"
+        if capacity - new < 1 and new == 1:  # position 0 only: the table of one row is long enough
+            args["rotary_cos"], args["rotary_sin"] = args["rotary_cos"][:0], args["rotary_sin"][:0]
+            pattern = "rotary_cos and rotary_sin have 0 positions"
+    elif which == "rotary_dtype":
+        args["rotary_sin"], pattern = args["rotary_sin"].to(torch.int32), "rotary_sin"
+    elif which == "rotary_alone":
+        args["k"] = args["v"] = None
+        pattern = "rotary_cos and rotary_sin need the new k and v"
+    elif which == "splits":
+        args["num_splits"], pattern = draw(st.sampled_from([-1, 1.5, True, "2"])), "num_splits"
+    elif which == "lse_type":
+        args["return_softmax_lse"], pattern = draw(st.sampled_from([1, "yes", None])), "return_softmax_lse"
+    elif which == "window":
+        args["window_size"], pattern = draw(st.sampled_from(BAD_WINDOWS)), "window_size"
+    elif which == "scale":
+        args["softmax_scale"], pattern = draw(st.sampled_from(BAD_SCALARS)), "softmax_scale"
+    elif which == "softcap":
+        args["softcap"], pattern = draw(st.sampled_from(BAD_SOFTCAPS)), "softcap"
+    else:
+        args["alibi_slopes"], pattern = torch.rand(Hk * G + 1), "alibi_slopes"
+    return (lambda: mfa_torch.flash_attn_with_kvcache(**args)), pattern, (args["k_cache"], args["v_cache"])
+
+
+@SETTINGS
+@given(kvcache_calls(), st.sampled_from(["auto", "emulator"]))
+def test_fuzz_flash_attn_with_kvcache_writes_nothing(call, backend):
+    thunk, pattern, caches = call
+    before = [c.clone() if c.device.type != "meta" else None for c in caches]
+    with mfa_torch.backend(backend):
+        _expect(thunk, pattern)
+    for cache, saved in zip(caches, before):
+        assert saved is None or torch.equal(cache, saved), "a refused call wrote into the cache"
 
 
 # ------------------------------------------------------------------------------------------------------------------
