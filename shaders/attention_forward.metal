@@ -1,20 +1,22 @@
 // Fused attention forward (FlashAttention-2 online softmax), one kernel for every feature.
 //
-// Grid: x = blocks of MFA_BLOCK_Q packed query rows * column slices of O, y = K/V head, z = batch (or sequence) * key
-// splits.
+// Grid: x = blocks of MFA_BLOCK_Q packed query rows, y = K/V head, z = batch (or sequence) * key splits.
 // The query heads of one GQA group are packed into the rows of a threadgroup (row r -> query r / group,
 // head kv_head * group + r % group), so each K/V tile is loaded once for the whole group and short queries
-// (decoding) still fill the SIMD-groups. One SIMD-group owns 8 packed rows; the output accumulator stays in registers
-// as 8x8 float tiles and Q as operand tiles (or, MFA_STREAM_Q, is read from device memory at each key block where
-// that would take too many registers); K and V tiles are copied into threadgroup memory as they are (16 bytes per
-// access where their rows allow); operands are taken by the matrix unit in the input type (float for bfloat before
-// Apple9).
+// (decoding) still fill the SIMD-groups. A row group of 8 packed rows is owned by one SIMD-group, or, where O is too
+// wide for one SIMD-group's registers, by SLICES SIMD-groups that each own a column slice of O (MFA_SLICE_DIM
+// columns) and score 1/SLICES of the block's keys: their probabilities (P) meet in threadgroup memory, so each score
+// and its exp is computed once however many slices use it. O stays in registers as 8x8 float tiles and Q as operand
+// tiles (or, MFA_STREAM_Q, is read from device memory at each key block where that would take too many registers);
+// K is staged into threadgroup memory in MFA_K_CHUNKS chunks of its head dim and V MFA_V_ROWS keys at a time (16
+// bytes per access where their rows allow); operands are taken by the matrix unit in the input type (float for
+// bfloat before Apple9).
 // Key blocks outside the causal/window band of the threadgroup's rows are never loaded, nor those whose block mask
 // blocks (MFA_MASK_BLOCKS, a FlexAttention block mask) are all empty.
 //
 // Defines (chosen by csrc/attention/forward_plan.cpp): MFA_T (input type), MFA_HEAD_DIM / MFA_VALUE_DIM (E, Ev
-// rounded up to 8), MFA_SLICE_DIM (columns of O per threadgroup, attention_params.h), MFA_BLOCK_Q (8 * SIMD-groups),
-// MFA_BLOCK_K, MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
+// rounded up to 8), MFA_SLICE_DIM (columns of O per SIMD-group), MFA_BLOCK_Q (8 * row groups), MFA_BLOCK_K,
+// MFA_K_CHUNKS (into whole tiles), MFA_V_ROWS (divides MFA_BLOCK_K), MFA_MASK_KIND with MFA_MASK_T, MFA_SPLIT_KV
 // (write float partials for attention_combine), MFA_COUNT_TILES (debug: count computed tiles), MFA_BFLOAT_AS_FLOAT,
 // MFA_STREAM_Q, MFA_SINKS (each row's softmax takes its head's sink; split-KV: the combine adds it), MFA_PAGED_KV (k
 // and v are paged caches read through a block table, attention_pages.h).
@@ -35,15 +37,26 @@ using namespace metal;
 #define MFA_OUT_T MFA_T
 #endif
 
-constant constexpr uint SIMDGROUPS = MFA_BLOCK_Q / 8;
-constant constexpr uint THREADS = SIMDGROUPS * 32;
-constant constexpr uint OUT_DIM = MFA_SLICE_DIM;  // a slice of O: its V columns are the only ones staged
-constant constexpr uint SLICES = (MFA_VALUE_DIM + OUT_DIM - 1) / OUT_DIM;
-constant constexpr uint TILE_STRIDE = MFA_HEAD_DIM > OUT_DIM ? MFA_HEAD_DIM : OUT_DIM;
+#define MFA_SLICES ((MFA_VALUE_DIM + MFA_SLICE_DIM - 1) / MFA_SLICE_DIM)
+#define MFA_THREADS (MFA_BLOCK_Q / 8 * MFA_SLICES * 32)  // a SIMD-group per row group and slice
+constant constexpr uint OUT_DIM = MFA_SLICE_DIM;  // a slice of O: one SIMD-group's columns
+constant constexpr uint SLICES = MFA_SLICES;
+constant constexpr uint THREADS = MFA_THREADS;
+constant constexpr uint KEY_TILES = MFA_BLOCK_K / 8 / SLICES;  // a SIMD-group's score tiles: its share of the keys
+constant constexpr uint V_STRIDE = SLICES * OUT_DIM;            // a staged V row: every slice's columns
+// head-dim columns of K staged at once (whole tiles; the last chunk may hold fewer: staged_k_chunk_width)
+constant constexpr uint K_CHUNK = (MFA_HEAD_DIM + 8 * MFA_K_CHUNKS - 1) / (8 * MFA_K_CHUNKS) * 8;
+constant constexpr uint TILE_ELEMENTS =
+    MFA_BLOCK_K * K_CHUNK > MFA_V_ROWS * V_STRIDE ? MFA_BLOCK_K * K_CHUNK : MFA_V_ROWS * V_STRIDE;
 static_assert(OUT_DIM % 8 == 0 && OUT_DIM <= MFA_VALUE_DIM, "O slices are whole tiles");
-static_assert(MFA_BLOCK_K <= 128, "allowed_keys holds the 2 keys of each 8-key tile of a block in one uint");
+static_assert(KEY_TILES * 8 * SLICES == MFA_BLOCK_K, "every slice scores as many whole key tiles");
+static_assert(K_CHUNK * (MFA_K_CHUNKS - 1) < MFA_HEAD_DIM, "every chunk of K holds columns");
+static_assert(MFA_BLOCK_K % MFA_V_ROWS == 0 && MFA_V_ROWS % 8 == 0, "V is staged in whole key tiles");
+static_assert(KEY_TILES <= 16, "allowed_keys holds the 2 keys of each of a SIMD-group's 8-key tiles in one uint");
+// Slices share P (and their rows' maxima and sums) through threadgroup memory.
+#define MFA_SHARED_P (MFA_SLICE_DIM < MFA_VALUE_DIM)
 
-[[max_total_threads_per_threadgroup(MFA_BLOCK_Q / 8 * 32)]]
+[[max_total_threads_per_threadgroup(MFA_THREADS)]]
 kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               device const MFA_T* k [[buffer(MFA_ATTN_K)]],
                               device const MFA_T* v [[buffer(MFA_ATTN_V)]],
@@ -64,8 +77,12 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                               ushort sg [[simdgroup_index_in_threadgroup]],
                               ushort lane [[thread_index_in_simdgroup]],
                               ushort tid [[thread_index_in_threadgroup]]) {
-  threadgroup uint4 kv_storage[MFA_BLOCK_K * TILE_STRIDE * sizeof(MFA_T) / 16];  // 16-byte aligned rows
+  threadgroup uint4 kv_storage[TILE_ELEMENTS * sizeof(MFA_T) / 16];  // 16-byte aligned rows
   threadgroup MFA_T* const kv_tile = reinterpret_cast<threadgroup MFA_T*>(kv_storage);
+#if MFA_SHARED_P
+  threadgroup float p_tile[MFA_BLOCK_Q * MFA_BLOCK_K];  // the block's P, row-major, as float (the unshared P's type)
+  threadgroup float row_parts[MFA_BLOCK_Q * SLICES];    // each slice's block max (and, at the end, partial sum)
+#endif
   const bool wide_q = p.wide_rows & 1u, wide_k = p.wide_rows & 2u, wide_v = p.wide_rows & 4u;
   const uint split = group.z % p.num_splits, seq = group.z / p.num_splits, kv_head = group.y;
   const uint G = p.group;
@@ -76,9 +93,11 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const AttentionSequence sq = attention_sequence(p, seq, cu_q, cu_k);
 #endif
   const int packed_rows = sq.q_len * int(G);
-  const int row0 = int(group.x / SLICES) * MFA_BLOCK_Q;
+  const int row0 = int(group.x) * MFA_BLOCK_Q;
   if (row0 >= packed_rows) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
-  const uint out_col0 = group.x % SLICES * OUT_DIM;  // this slice's first column of O (< value_dim: see SLICES)
+  const uint row_group = sg / SLICES, slice = sg % SLICES;
+  const uint out_col0 = slice * OUT_DIM;  // this slice's first column of O (< value_dim: see SLICES)
+  const uint first_tile = slice * KEY_TILES;  // this slice's first score tile of a block
 
   // Key blocks that some row of this threadgroup may attend, intersected with this split's share of the blocks.
   const int q_first = row0 / int(G), q_last = (min(row0 + MFA_BLOCK_Q, packed_rows) - 1) / int(G);
@@ -88,8 +107,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   block_end = min(block_end, int((split + 1) * p.blocks_per_split));
 
   // This lane's packed row and its two columns in every 8x8 tile (lane layout of facts/metal.md).
-  const uint tile_col = mfa_tile_col(lane);
-  const int packed = row0 + int(sg) * 8 + int(mfa_tile_row(lane));
+  const uint tile_col = mfa_tile_col(lane), local_row = row_group * 8 + mfa_tile_row(lane);
+  const int packed = row0 + int(local_row);
   const bool row_valid = packed < packed_rows;
   const AttentionRow row = attention_row(p, sq, seq, kv_head * G + uint(packed) % G, row_valid ? packed / int(G) : 0,
                                          alibi);
@@ -99,15 +118,14 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   device const int* const pages = block_table + long(seq) * p.max_pages;
   const attention_paged_rows<MFA_T> k_rows{k + kv_head * p.k_strides[1], p.k_strides[0], p.k_strides[2], pages,
                                            int(sq.k_first), int(p.kv_len)};
-  const attention_paged_rows<MFA_T> v_rows{v + kv_head * p.v_strides[1] + out_col0, p.v_strides[0], p.v_strides[2],
-                                           pages, int(sq.k_first), int(p.kv_len)};
+  const attention_paged_rows<MFA_T> v_rows{v + kv_head * p.v_strides[1], p.v_strides[0], p.v_strides[2], pages,
+                                           int(sq.k_first), int(p.kv_len)};
 #else
   const mfa_strided_rows<MFA_T> k_rows{
       k + attention_row_offset(p.k_strides, sq.tensor_batch, kv_head, sq.k_first), p.k_strides[2]};
   const mfa_strided_rows<MFA_T> v_rows{
-      v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first) + out_col0, p.v_strides[2]};
+      v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first), p.v_strides[2]};
 #endif
-  const uint out_cols = p.value_dim - out_col0;  // of this slice's columns, those within Ev
 
   const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
       q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid, p.head_dim,
@@ -120,7 +138,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   // stay in natural units and only the difference from the max goes to base 2 (exp2((s - max) * log2 e)): converting
   // the scores themselves would round each one by |s| * 2^-24, independently, and the backward (which recomputes
   // exp(s - lse) from the same scores) would then disagree with this forward by that much per element.
-  // Until its first allowed key a row has sum 0 and max MFA_MASKED_SCORE (attention_scores.h: no infinities).
+  // Until its first allowed key a row has max MFA_MASKED_SCORE (attention_scores.h: no infinities) and sum 0 (with
+  // slices: each slice's sum is over its own keys, added up at the end).
   float row_max = MFA_MASKED_SCORE, row_sum = 0.0f;
 #if MFA_COUNT_TILES
   uint computed = 0;  // key blocks computed (MFA_COUNT_TILES)
@@ -136,33 +155,36 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #if MFA_COUNT_TILES
     computed++;
 #endif
-    threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile is consumed
-    mfa_copy_rows<MFA_BLOCK_K, MFA_HEAD_DIM, TILE_STRIDE, THREADS>(kv_tile, k_rows.starting_at(key0), keys, p.head_dim,
-                                                                   tid, wide_k);
-    threadgroup_barrier(mem_flags::mem_threadgroup);
-
-    simdgroup_float8x8 s_tiles[MFA_BLOCK_K / 8];
+    simdgroup_float8x8 s_tiles[KEY_TILES];
     #pragma clang loop unroll(full)
-    for (uint j = 0; j < MFA_BLOCK_K / 8; j++) s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    for (uint j = 0; j < KEY_TILES; j++) s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     #pragma clang loop unroll(full)
-    for (uint d = 0; d < MFA_HEAD_DIM / 8; d++) {  // head dim outer: a streamed Q tile is loaded once per block
-      const thread mfa_operand_tile& q_t = q_row_tiles.tile(d);  // a reference: a held tile is not copied
+    for (uint d0 = 0; d0 < MFA_HEAD_DIM; d0 += K_CHUNK) {
+      threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile (or K chunk) is consumed
+      mfa_copy_rows<MFA_BLOCK_K, K_CHUNK, K_CHUNK, THREADS>(
+          kv_tile, k_rows.starting_at(key0).from_column(d0), keys, p.head_dim - d0, tid, wide_k);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
       #pragma clang loop unroll(full)
-      for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
-        mfa_operand_tile k_t;
-        // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-        mfa_load_operand(k_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, true, lane);
-        simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
+      // head dim outer: a streamed Q tile is loaded once per block
+      for (uint d = d0 / 8; d < min(d0 + K_CHUNK, uint(MFA_HEAD_DIM)) / 8; d++) {
+        const thread mfa_operand_tile& q_t = q_row_tiles.tile(d);  // a reference: a held tile is not copied
+        #pragma clang loop unroll(full)
+        for (uint j = 0; j < KEY_TILES; j++) {
+          mfa_operand_tile k_t;
+          // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
+          mfa_load_operand(k_t, kv_tile + (first_tile + j) * 8 * K_CHUNK + d * 8 - d0, K_CHUNK, true, lane);
+          simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
+        }
       }
     }
     const bool inside_band = attention_inside_band(p, sq, q_first, q_last, key0, key0 + MFA_BLOCK_K - 1);
     float block_max = MFA_MASKED_SCORE;
-    uint allowed_keys = 0;  // bit 2 j + t: this lane's key j * 8 + tile_col + t may be attended
+    uint allowed_keys = 0;  // bit 2 j + t: this lane's key (first_tile + j) * 8 + tile_col + t may be attended
     #pragma clang loop unroll(full)
-    for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
+    for (uint j = 0; j < KEY_TILES; j++) {
       thread float2& s = s_tiles[j].thread_elements();
       for (uint t = 0; t < 2; t++) {
-        const int key = key0 + int(j * 8 + tile_col + t);
+        const int key = key0 + int((first_tile + j) * 8 + tile_col + t);
         bool allowed = false;
         s[t] = row_valid ? attention_score(s[t], p, row, key, sq.kv_len, mask, mask_bits, inside_band, mask_full, allowed)
                          : MFA_MASKED_SCORE;
@@ -172,17 +194,28 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     }
     block_max = max(block_max, simd_shuffle_xor(block_max, ushort(1)));
     block_max = max(block_max, simd_shuffle_xor(block_max, ushort(8)));
+#if MFA_SHARED_P
+    if (tile_col == 0) row_parts[local_row * SLICES + slice] = block_max;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    #pragma clang loop unroll(full)
+    for (uint c = 0; c < SLICES; c++) block_max = max(block_max, row_parts[local_row * SLICES + c]);
+#endif
     const float new_max = max(row_max, block_max);
     // Before its first allowed key a row has nothing to rescale, and its max is no score.
-    const float correction = row_sum > 0.0f ? attention_exp(row_max, new_max) : 0.0f;
+    const float correction = row_max > MFA_MASKED_SCORE ? attention_exp(row_max, new_max) : 0.0f;
     float block_sum = 0.0f;
     #pragma clang loop unroll(full)
-    for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
+    for (uint j = 0; j < KEY_TILES; j++) {
       thread float2& s = s_tiles[j].thread_elements();
       for (uint t = 0; t < 2; t++) s[t] = (allowed_keys >> (2 * j + t)) & 1u ? attention_exp(s[t], new_max) : 0.0f;
       block_sum += s.x + s.y;
       // the softmax sum counts every probability; dropout only decides which ones reach the output
-      for (uint t = 0; t < 2; t++) s[t] *= attention_dropout_factor(p, row, key0 + int(j * 8 + tile_col + t));
+      for (uint t = 0; t < 2; t++) {
+        s[t] *= attention_dropout_factor(p, row, key0 + int((first_tile + j) * 8 + tile_col + t));
+      }
+#if MFA_SHARED_P
+      simdgroup_store(s_tiles[j], p_tile + row_group * 8 * MFA_BLOCK_K + (first_tile + j) * 8, MFA_BLOCK_K);
+#endif
     }
     block_sum += simd_shuffle_xor(block_sum, ushort(1));
     block_sum += simd_shuffle_xor(block_sum, ushort(8));
@@ -191,23 +224,40 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
     #pragma clang loop unroll(full)
     for (uint d = 0; d < OUT_DIM / 8; d++) o_tiles[d].thread_elements() *= correction;
 
-    threadgroup_barrier(mem_flags::mem_threadgroup);  // every SIMD-group is done with the K tile
-    mfa_copy_rows<MFA_BLOCK_K, OUT_DIM, TILE_STRIDE, THREADS>(kv_tile, v_rows.starting_at(key0), keys, out_cols, tid,
-                                                              wide_v);
-    threadgroup_barrier(mem_flags::mem_threadgroup);
     #pragma clang loop unroll(full)
-    for (uint d = 0; d < OUT_DIM / 8; d++) {
+    for (uint v0 = 0; v0 < MFA_BLOCK_K; v0 += MFA_V_ROWS) {
+      // every SIMD-group is done with the K chunk (or the previous V rows), and its P is stored
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      mfa_copy_rows<MFA_V_ROWS, V_STRIDE, V_STRIDE, THREADS>(kv_tile, v_rows.starting_at(key0 + int(v0)),
+                                                             keys - int(v0), p.value_dim, tid, wide_v);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
       #pragma clang loop unroll(full)
-      for (uint j = 0; j < MFA_BLOCK_K / 8; j++) {
-        mfa_operand_tile v_t;
-        mfa_load_operand(v_t, kv_tile + j * 8 * TILE_STRIDE + d * 8, TILE_STRIDE, false, lane);
-        simdgroup_multiply_accumulate(o_tiles[d], s_tiles[j], v_t, o_tiles[d]);
+      for (uint j = v0 / 8; j < (v0 + MFA_V_ROWS) / 8; j++) {
+#if MFA_SHARED_P
+        simdgroup_float8x8 p_t;
+        simdgroup_load(p_t, p_tile + row_group * 8 * MFA_BLOCK_K + j * 8, MFA_BLOCK_K);
+#else
+        const thread simdgroup_float8x8& p_t = s_tiles[j];
+#endif
+        #pragma clang loop unroll(full)
+        for (uint d = 0; d < OUT_DIM / 8; d++) {
+          mfa_operand_tile v_t;
+          mfa_load_operand(v_t, kv_tile + (j * 8 - v0) * V_STRIDE + out_col0 + d * 8, V_STRIDE, false, lane);
+          simdgroup_multiply_accumulate(o_tiles[d], p_t, v_t, o_tiles[d]);
+        }
       }
     }
   }
 
 #if MFA_COUNT_TILES
   if (tid == 0) tile_count[(group.z * groups.y + group.y) * groups.x + group.x] = computed;
+#endif
+#if MFA_SHARED_P  // the row's sum over every slice's keys (every read of the maxima is behind a V barrier)
+  if (tile_col == 0) row_parts[local_row * SLICES + slice] = row_sum;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  row_sum = 0.0f;
+  #pragma clang loop unroll(full)
+  for (uint c = 0; c < SLICES; c++) row_sum += row_parts[local_row * SLICES + c];
 #endif
   if (!row_valid) return;
 #if MFA_SINKS && !MFA_SPLIT_KV  // split-KV: the combine adds the sink once per row
@@ -223,7 +273,7 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const long out_row = q_row;
 #endif
   // out is dense: with an even value dim every row begins on two elements
-  mfa_store_row_tiles<OUT_DIM>(out + out_row * p.value_dim + out_col0, o_tiles, inv_sum, out_cols, lane,
-                               (p.value_dim & 1u) == 0);
-  if (tile_col == 0 && out_col0 == 0) stats[out_row] = attention_stats(row_max, row_sum);  // every slice has them
+  mfa_store_row_tiles<OUT_DIM>(out + out_row * p.value_dim + out_col0, o_tiles, inv_sum, p.value_dim - out_col0,
+                               lane, (p.value_dim & 1u) == 0);
+  if (tile_col == 0 && slice == 0) stats[out_row] = attention_stats(row_max, row_sum);  // one slice writes them
 }

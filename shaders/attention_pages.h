@@ -40,4 +40,9 @@ struct attention_paged_rows {
     rows.looked_up = -1;
     return rows;
   }
+  attention_paged_rows from_column(uint c) const {  // the same keys from column c on
+    attention_paged_rows rows = *this;
+    rows.head += c;
+    return rows;
+  }
 };

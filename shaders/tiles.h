@@ -16,6 +16,7 @@ struct mfa_strided_rows {
   long stride;
   device const T* row(int r) const { return first + long(r) * stride; }
   mfa_strided_rows starting_at(int r) const { return {row(r), stride}; }  // rows r, r + 1, ...
+  mfa_strided_rows from_column(uint c) const { return {first + c, stride}; }  // the same rows from column c on
 };
 
 // Copies rows [0, rows) x columns [0, cols) of a device matrix into a ROWS x DIM tile of T (row stride STRIDE) in

@@ -33,8 +33,8 @@ def slices(launch, columns):
 
 def covered_rows(plan, p):
     """(batch, head, row, split, slice) of every output row slice the forward launch computes, from its grid and
-    defines: a threadgroup (query block * slices + slice, kv head, batch * splits + split) packs query heads of the
-    GQA group into its rows."""
+    defines: a threadgroup (query block, kv head, batch * splits + split) packs query heads of the GQA group into its
+    rows, and gives each row group's column slices of O a SIMD-group each."""
     forward = plan.launches[0]
     block_q = int(defines(forward)["MFA_BLOCK_Q"])
     out_slices = slices(forward, defines(forward)["MFA_VALUE_DIM"])
@@ -42,8 +42,8 @@ def covered_rows(plan, p):
     groups_x, heads, z = forward.threadgroups
     splits = z // (p.num_sequences or p.batch)
     rows = []
-    for x, kv_head, zz in itertools.product(range(groups_x), range(heads), range(z)):
-        block, slice_ = divmod(x, out_slices)
+    assert forward.threads_per_threadgroup[0] == block_q // 8 * out_slices * 32
+    for block, kv_head, zz, slice_ in itertools.product(range(groups_x), range(heads), range(z), range(out_slices)):
         for packed in range(block * block_q, (block + 1) * block_q):
             if packed < p.q_len * group:
                 rows.append((zz // splits, kv_head * group + packed % group, packed // group, zz % splits, slice_))
@@ -76,8 +76,15 @@ def test_every_head_dim_fits_the_gpu_limits(family, dtype):
         assert head >= E and head % 8 == 0 and value >= Ev and value % 8 == 0
         assert out % 8 == 0 and out <= value
         assert d["MFA_T"] == {"float32": "float", "float16": "half", "bfloat16": "bfloat"}[dtype]
-        tile = int(d["MFA_BLOCK_K"]) * max(head, out) * element  # the K tile, or the V tile's slice
-        assert plan.launches[0].threadgroup_memory == tile  # what the shader declares
+        block_q, block_k, k_chunks, v_rows = (int(d[n]) for n in ("MFA_BLOCK_Q", "MFA_BLOCK_K", "MFA_K_CHUNKS",
+                                                                   "MFA_V_ROWS"))
+        k_chunk = -(-head // (8 * k_chunks)) * 8  # whole tiles; the last chunk may hold fewer
+        assert k_chunk * (k_chunks - 1) < head and block_k % v_rows == 0 and v_rows % 8 == 0
+        out_slices = slices(plan.launches[0], value)
+        assert block_k % (8 * out_slices) == 0, "each slice scores whole key tiles"
+        tile = max(block_k * k_chunk, v_rows * out_slices * out) * element  # a K chunk, or V rows
+        shared = block_q * (block_k + out_slices) * 4 if out_slices > 1 else 0  # P and the rows' maxima
+        assert plan.launches[0].threadgroup_memory == tile + shared  # what the shader declares
 
 
 @pytest.mark.parametrize("family", FAMILIES)

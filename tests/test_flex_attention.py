@@ -13,6 +13,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 import mfa_torch
 from mfa_torch import block_masks, routing
+from mfa_torch.emulator import profile
 from mfa_torch.metal import attention as metal_attention
 from oracle import assert_rule, attention_fp64, torch_attention_same_dtype
 
@@ -128,6 +129,26 @@ def test_tile_counters_count_exactly_the_non_empty_blocks():
             "emulator", torch.randn_like(out), q, k, v, out, stats, *args, False, blocks=blocks, family="apple7",
             count_tiles=True)
         assert int(dq_tiles.sum()) == non_empty and int(dkdv_tiles.sum()) == non_empty
+
+
+@pytest.mark.emulator
+def test_sliced_forward_skips_empty_blocks_at_large_head_dims():
+    """E = Ev = 512 (O in column slices sharing P, 16 rows x 64 keys a threadgroup) with a block-sparse mask of
+    32 x 64 blocks: output, lse and gradients against the fp64 oracle, and the forward computes exactly the non-empty
+    blocks (each 32-row mask block spans two threadgroups)."""
+    B, H, L, S, E = 1, 2, 64, 256, 512
+    _check_against_oracle("emulator", block_sparse_wide, None, None, (B, H, H, L, S, E, E), torch.float16, (32, 64))
+    q, k, v = (t.detach() for t in _inputs(B, H, H, L, S, E, E, torch.float16))
+    blocks = block_masks.compact(create_block_mask(block_sparse_wide, None, None, L, S, device="cpu",
+                                                   BLOCK_SIZE=(32, 64)), B, H, L, S, "cpu")
+    args = (None, None, None, None, L, S, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    with profile() as prof:
+        *_, tiles = metal_attention.forward("emulator", q, k, v, *args, blocks=blocks, family="apple9",
+                                            count_tiles=True)
+    defines = prof.launches[0]["defines"]
+    assert (defines["MFA_BLOCK_Q"], defines["MFA_BLOCK_K"], defines["MFA_SLICE_DIM"]) == ("16", "64", "128")
+    non_empty = int((blocks.states != block_masks.EMPTY).sum()) * H
+    assert 0 < non_empty < H * blocks.states.numel() and int(tiles.sum()) == non_empty * 2
 
 
 def block_sparse_wide(b, h, q, kv):

@@ -56,6 +56,36 @@ def test_backward_work_targets(dtype, dim, family):
     assert total["transcendentals"] <= 2.1 * B * H * L * L  # P recomputed once per kernel
 
 
+# Large head dims: O in column slices, one SIMD-group each, sharing each 64-key block's P
+# (shaders/attention_forward.metal).
+SLICED_L = 128  # two key blocks
+
+
+@pytest.mark.parametrize("E, Ev, slices", [(512, 512, 4), (576, 512, 2)])
+def test_sliced_forward_computes_each_product_and_exp_once(E, Ev, slices):
+    """Counts known by hand: every product of Q K^T and P V exactly once (no slice recomputes the scores), one exp per
+    score, and per row, slice and lane of its row (4) one rescaling exp for every key block after the first and one
+    division (1 / sum); each threadgroup reads its head's K and V from device memory once."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(B, H, SLICED_L, E, generator=gen).half() for _ in range(2))
+    v = torch.randn(B, H, SLICED_L, Ev, generator=gen).half()
+    args = (None, None, None, None, SLICED_L, SLICED_L, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    with profile() as prof:
+        metal_attention.forward(ROUTE, q, k, v, *args, family="apple9")
+    (launch,) = prof.launches
+    defines = launch["defines"]
+    assert -(-Ev // int(defines["MFA_SLICE_DIM"])) == slices and defines["MFA_BLOCK_K"] == "64"
+    scores, rows, blocks = B * H * SLICED_L * SLICED_L, B * H * SLICED_L, SLICED_L // 64
+    assert launch["mma"] == scores // 64 * (E + Ev) // 8
+    assert launch["transcendentals"] == scores + rows * slices * 4 * blocks
+    assert launch["divisions"] == rows * slices * 4
+    threadgroups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
+    kv_bytes = threadgroups * SLICED_L * (E + Ev) * 2  # each threadgroup reads its head's K and V once
+    q_reads = slices * (1 if defines["MFA_STREAM_Q"] == "0" else blocks)  # each slice holds Q, or streams it
+    assert launch["device_bytes"] == kv_bytes + q.numel() * 2 * q_reads + rows * (Ev * 2 + 8)  # + out, stats
+    assert not launch["spills"]
+
+
 # GEMM: fp16 and fp32 at 1024^3 and 4096 x 4096 x 1024 on both tables. Their plans give a worker to every tile and
 # every tile is whole (sizes multiples of the blocks), so every worker runs the same steps: the counters of the first
 # SAMPLE workers of the real plan are SAMPLE / workers of the launch's (checked: two workers count exactly twice

@@ -1,8 +1,8 @@
 """Head dims past 256 on the Metal kernels: E to 576 and Ev to 512 (DeepSeek V2/V3's absorbed latent attention has
 E = 576, Ev = 512), forward and backward under the emulator against the fp64 oracle with the 2x-PyTorch-error rule.
 
-Where an accumulator (O, dQ, dK or dV) would pass the register limit, the planners cut it into column slices, one
-threadgroup each; where float tiles pass the threadgroup memory, dP reads V (dQ) or dO (dK) from device memory. Each
+Where an accumulator (O, dQ, dK or dV) would pass the register limit, the planners cut it into column slices (O: one
+SIMD-group each, sharing each block's P; dQ, dK, dV: one threadgroup each); where float tiles pass the threadgroup memory, dP reads V (dQ) or dO (dK) from device memory. Each
 case asserts the paths its plans take, so a planner change cannot quietly move it off them."""
 import pytest
 import torch

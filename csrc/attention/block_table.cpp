@@ -1,8 +1,9 @@
-// Why these sizes (facts/metal.md): the forward stages its K/V tile in the input type, block_k x dim elements, at most
-// kForwardTileBytes (half of the 32 KiB of threadgroup memory: room for two threadgroups per core). The rows are for
-// 16-bit inputs; float inputs take as many keys as fit. Threadgroup traffic per 8x8x8 product of a 16-bit tile is
-// 128 bytes of tile loads plus 128 / SIMD-groups of staging; each key block costs every row one rescaling exp
-// (tests/test_kernel_targets.py checks both against their targets).
+// Why these sizes (facts/metal.md): the forward stages its K/V tile in the input type, block_k x dim elements (or K
+// in chunks of its head dim and V in runs of keys: staged_k_chunks, staged_v_rows), at most kForwardTileBytes (half
+// of the 32 KiB of threadgroup memory: room for two threadgroups per core). The rows are for 16-bit inputs; float
+// inputs take as many keys as fit. Threadgroup traffic per 8x8x8 product of a 16-bit tile is 128 bytes of tile loads
+// plus 128 / SIMD-groups of staging; each key block costs every row one rescaling exp (tests/test_kernel_targets.py
+// checks both against their targets).
 // The backward stages a K and a V tile (dQ) or a Q and a dO tile (dK/dV) together in the input type, at most 16 KiB
 // (8 KiB for 16-bit inputs), so the tile length halves as E + Ev doubles. Until a Mac measures otherwise, every family
 // shares the backward table.
@@ -49,6 +50,30 @@ AttentionBackwardBlocks attention_backward_blocks(GpuFamily, uint32_t dims) {
     if (dims <= row.max_dims) return row.blocks;
   }
   return kBackward[2].blocks;
+}
+
+// Sliced O (head dims past 256): up to 8 SIMD-groups (256 threads) share the staged tiles; 64 keys a block, so each
+// row's rescaling exp (once per slice) is spread over enough scores (<= 1 + 4 x slices / 64 per score).
+AttentionBlocks attention_sliced_forward_blocks(GpuFamily) { return {64, 64}; }
+
+uint32_t staged_k_chunks(uint32_t head_dim, uint32_t block_k, uint32_t element_bytes) {
+  uint32_t chunks = 1;
+  while (staged_k_chunk_width(head_dim, chunks) > 8 &&
+         block_k * staged_k_chunk_width(head_dim, chunks) * element_bytes > kForwardTileBytes) {
+    chunks++;
+  }
+  return chunks;
+}
+
+uint32_t staged_k_chunk_width(uint32_t head_dim, uint32_t chunks) {
+  return (head_dim + 8 * chunks - 1) / (8 * chunks) * 8;
+}
+
+uint32_t staged_v_rows(uint32_t value_dim, uint32_t block_k, uint32_t element_bytes) {
+  for (uint32_t rows = block_k; rows > 8; rows -= 8) {
+    if (block_k % rows == 0 && rows * value_dim * element_bytes <= kForwardTileBytes) return rows;
+  }
+  return 8;
 }
 
 AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim, uint32_t element_bytes) {

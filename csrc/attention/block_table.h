@@ -16,6 +16,18 @@ struct AttentionBlocks {
 // the inputs (4 or 2), the type the K/V tile is staged in.
 AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim, uint32_t element_bytes);
 
+// The blocks of a forward whose O is cut into column slices, one SIMD-group each: block_q is 8 x the SIMD-groups
+// (rows x slices), block_k the keys that the slices of a row group share.
+AttentionBlocks attention_sliced_forward_blocks(GpuFamily family);
+
+// The forward stages K in chunks of its (padded) head dim and V in runs of keys, each at most kForwardTileBytes of
+// `element_bytes` elements: the fewest chunks of whole tiles (the last may be narrower), each
+// staged_k_chunk_width(head_dim, chunks) columns (MFA_K_CHUNKS and attention_forward.metal's K_CHUNK), and the
+// longest run of whole key tiles that divides `block_k` (rows of `value_dim` elements).
+uint32_t staged_k_chunks(uint32_t head_dim, uint32_t block_k, uint32_t element_bytes);
+uint32_t staged_k_chunk_width(uint32_t head_dim, uint32_t chunks);
+uint32_t staged_v_rows(uint32_t value_dim, uint32_t block_k, uint32_t element_bytes);
+
 struct AttentionBackwardBlocks {
   uint32_t dq_block_q;     // dQ kernel: packed query rows per threadgroup (8 per SIMD-group)
   uint32_t dq_block_k;     // dQ kernel: keys per K and V tile

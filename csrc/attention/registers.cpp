@@ -3,6 +3,7 @@
 #include "attention/registers.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "attention_params.h"
 
@@ -23,12 +24,28 @@ uint32_t in_use(const AttentionTileShape& s, bool streamed) {
 }  // namespace
 
 uint32_t forward_registers(const AttentionTileShape& s, bool stream_q, uint32_t out_dim) {
+  const uint32_t slices = (s.value_dim + out_dim - 1) / out_dim;
   const uint32_t held_tiles = held(s, s.head_dim, stream_q) + tiles(out_dim) * kFloatTile +
-                              tiles(s.block_k) * kFloatTile;  // Q, O, the scores
+                              tiles(s.block_k) / slices * kFloatTile;  // Q, O, the slice's scores
   // Zeroing the score tiles (make_filled_simdgroup_matrix's tile); Q K^T: a Q tile in use and a K tile; P V: a V
-  // tile.
-  const uint32_t body = std::max(kFloatTile, in_use(s, stream_q) + s.operand_registers);
+  // tile (and, sliced, the P tile loaded).
+  const uint32_t pv = (slices > 1 ? kFloatTile : 0) + s.operand_registers;
+  const uint32_t body = std::max({kFloatTile, in_use(s, stream_q) + s.operand_registers, pv});
   return kRegisterAllowance + held_tiles + body;
+}
+
+std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& s) {
+  for (const bool stream_q : {false, true}) {
+    const auto fits = [&](uint32_t width) {
+      const uint32_t slices = (s.value_dim + width - 1) / width;
+      return slices > 1 && slices <= 4 && tiles(s.block_k) % slices == 0 &&
+             forward_registers(s, stream_q, width) <= kRegisterLimit;
+    };
+    const uint32_t width = widest_fitting_slice(s.value_dim, fits);
+    if (fits(width)) return {width, stream_q};
+  }
+  // 4 slices of O with Q streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
+  throw std::logic_error("attention forward: no column slicing of O fits the register limit");
 }
 
 uint32_t dq_registers(const AttentionTileShape& s, bool stream_q, bool stream_do, uint32_t dq_dim) {

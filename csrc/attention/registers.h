@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 namespace mfa {
 
@@ -20,8 +21,12 @@ struct AttentionTileShape {
   uint32_t block_k = 0;            // the forward's keys per block (its score tiles)
 };
 
-// attention_forward with Q held (or streamed), `out_dim` columns of O per threadgroup (MFA_SLICE_DIM).
+// attention_forward with Q held (or streamed), `out_dim` columns of O per SIMD-group (MFA_SLICE_DIM): with more than
+// one slice, each scores shape.block_k / slices keys of a block and loads P's tiles from threadgroup memory.
 uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q, uint32_t out_dim);
+// A sliced forward's (out_dim, stream_q): Q held where some slicing lets it, else streamed; the widest slice of O
+// within the limit whose count divides the block's key tiles (each slice scores whole tiles).
+std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& shape);
 // attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per threadgroup.
 uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do, uint32_t dq_dim);
 // attention_backward_dkdv computing dK and/or dV (MFA_DKDV_OUTPUTS bits), K and V held or streamed; a one-output

@@ -103,6 +103,9 @@ def _attention_grid(family):
         for dims in ((128, 128), (256, 256), (8, 256), (256, 8), (MAX_HEAD_DIM, MAX_VALUE_DIM), (512, 512),
                      (8, MAX_VALUE_DIM), (MAX_HEAD_DIM, 8)):
             yield attention_problem(family, dtype, head_dim=dims[0], value_dim=dims[1])
+    for dtype in DTYPES:  # O sliced: K staged in 1 to 9 chunks of its head dim
+        for head_dim in range(64, MAX_HEAD_DIM + 1, 64):
+            yield attention_problem(family, dtype, head_dim=head_dim, value_dim=MAX_VALUE_DIM)
     for dtype in ("float16", "float32"):  # float inputs stage fewer keys per block
         for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
             for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)

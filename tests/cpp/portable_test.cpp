@@ -156,12 +156,36 @@ void test_register_estimates() {
   half128.block_k = 64;
   CHECK_EQ(forward_registers(half128, false, 128), 90u);
   CHECK_EQ(forward_registers(half128, true, 128), 74u);
-  CHECK_EQ(forward_registers(half128, true, 64), 74u - 16);  // O in two column slices: 8 tiles a threadgroup
+  // O in two column slices, a SIMD-group each: O 16 + the slice's 32 keys of scores 8 + a P and a V tile 3 = 51.
+  CHECK_EQ(forward_registers(half128, true, 64), 24u + 16 + 8 + 3);
   // float32 tiles take 2 registers; dQ: 24 + Q 32 + dO 32 + dQ 32 + S, dP 4 + K 2 = 126.
   AttentionTileShape float128 = half128;
   float128.operand_registers = float128.held_registers = 2;
   CHECK_EQ(dq_registers(float128, false, false, 128), 126u);
   CHECK_EQ(dq_registers(float128, true, true, 64), 126u - 32 - 32 - 16 + 2);  // Q, dO streamed, half of dQ
+}
+
+void test_sliced_forward_tiles() {
+  // K in the fewest chunks of whole tiles within 16 KiB; V in the longest run of key tiles dividing the block.
+  CHECK_EQ(staged_k_chunks(128, 64, 2), 1u);  // 16 KiB whole
+  CHECK_EQ(staged_k_chunks(512, 64, 2), 4u);
+  CHECK_EQ(staged_k_chunks(576, 64, 2), 5u);
+  CHECK_EQ(staged_k_chunk_width(576, 5), 120u);  // 4 chunks of 120 columns and one of 96
+  CHECK_EQ(staged_k_chunk_width(328, 3), 112u);  // 41 tiles: 14, 14 and 13
+  CHECK_EQ(staged_v_rows(512, 64, 2), 16u);
+  CHECK_EQ(staged_v_rows(512, 64, 4), 8u);
+  CHECK_EQ(staged_v_rows(64, 128, 2), 128u);
+  // Slices of O: Q held where 4 slices or fewer let it (E = 512: 24 + Q 64 + O 32 + S 4 + a P and a V tile 3 = 127),
+  // else streamed (E = 576: 2 slices of 256).
+  AttentionTileShape shape;
+  shape.head_dim = shape.value_dim = 512;
+  shape.block_k = 64;
+  CHECK_EQ(forward_slices(shape).first, 128u);
+  CHECK_EQ(forward_slices(shape).second, false);
+  CHECK_EQ(forward_registers(shape, false, 128), 127u);
+  shape.head_dim = 576;
+  CHECK_EQ(forward_slices(shape).first, 256u);
+  CHECK_EQ(forward_slices(shape).second, true);
 }
 
 void test_widest_fitting_slice() {
@@ -495,6 +519,7 @@ int main(int argc, char** argv) {
       {"block_tables", test_block_tables},
       {"register_estimates", test_register_estimates},
       {"widest_fitting_slice", test_widest_fitting_slice},
+      {"sliced_forward_tiles", test_sliced_forward_tiles},
       {"attention_forward_plan", test_attention_forward_plan},
       {"attention_forward_split_kv", test_attention_forward_split_kv},
       {"attention_forward_varlen", test_attention_forward_varlen},
