@@ -164,8 +164,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       mfa_copy_rows<MFA_BLOCK_K, K_CHUNK, K_CHUNK, THREADS>(
           kv_tile, k_rows.starting_at(key0).from_column(d0), keys, p.head_dim - d0, tid, wide_k);
       threadgroup_barrier(mem_flags::mem_threadgroup);
-      #pragma clang loop unroll(full)
       // head dim outer: a streamed Q tile is loaded once per block
+      #pragma clang loop unroll(full)
       for (uint d = d0 / 8; d < min(d0 + K_CHUNK, uint(MFA_HEAD_DIM)) / 8; d++) {
         const thread mfa_operand_tile& q_t = q_row_tiles.tile(d);  // a reference: a held tile is not copied
         #pragma clang loop unroll(full)

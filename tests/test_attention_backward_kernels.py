@@ -121,22 +121,24 @@ def test_varlen(route, options, dtype):
     check_against_oracle(ours, oracle, None, inputs, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16", "bf16"])
-def test_dropout_gradients_match_the_regenerated_keep_mask(route, dtype):
+@pytest.mark.parametrize("dtype, dim", [(torch.float32, 32), (torch.float16, 32), (torch.bfloat16, 32),
+                                        (torch.float16, 512)],  # 512: O's column slices share each P
+                         ids=["fp32", "fp16", "bf16", "fp16-D512"])
+def test_dropout_gradients_match_the_regenerated_keep_mask(route, dtype, dim):
     B, H, L, S, p, seed, offset = 2, 3, 14, 27, 0.25, 987654321, 1000
-    inputs = make_inputs({"q": (B, H, L, 32), "k": (B, H, S, 32), "v": (B, H, S, 32)}, dtype, seed=2)
+    inputs = make_inputs({"q": (B, H, L, dim), "k": (B, H, S, dim), "v": (B, H, S, dim)}, dtype, seed=2)
     keep = dropout_keep_mask(seed, offset, B, H, L, S, p)
     seed_tensor = torch.tensor([seed, offset], dtype=torch.int64)
 
     def ours(t):
         with kernel_route(route) as device:
             out, _ = torch.ops.mfa.attention_forward(*(t[n].to(device) for n in "qkv"), None, None, None, None, 0, 0,
-                                                     32 ** -0.5, 9, 0, False, 0.0, p, seed_tensor)
+                                                     dim ** -0.5, 9, 0, False, 0.0, p, seed_tensor)
         return out.cpu()
 
     def oracle(t):
         return attention_fp64(t["q"], t["k"], t["v"], causal="upper_left", window=(9, 0), dropout_keep=keep,
-                              dropout_p=p)[0]
+                              dropout_p=p, scale=dim ** -0.5)[0]
 
     check_against_oracle(ours, oracle, None, inputs, dtype)
 
