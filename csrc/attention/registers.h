@@ -24,8 +24,9 @@ struct AttentionTileShape {
 // attention_forward with Q held (or streamed), `out_dim` columns of O per SIMD-group (MFA_SLICE_DIM): with more than
 // one slice, each scores shape.block_k / slices keys of a block and loads P's tiles from threadgroup memory.
 uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q, uint32_t out_dim);
-// A sliced forward's (out_dim, stream_q): Q held where some slicing lets it, else streamed; the widest slice of O
-// within the limit whose count divides the block's key tiles (each slice scores whole tiles).
+// A sliced forward's (out_dim, stream_q): Q held where at most 4 slices let it (so at least two row groups of the 8
+// SIMD-groups share each staged tile), else streamed; the widest slice of O within the limit whose count divides the
+// block's key tiles (each slice scores whole tiles).
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& shape);
 // attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per threadgroup.
 uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do, uint32_t dq_dim);
