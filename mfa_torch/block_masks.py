@@ -6,6 +6,9 @@ elements at a time: never an L x S tensor.
 States: EMPTY (no element attends: the kernels never load the block), FULL (every element attends: computed with no
 per-element mask), or the block's slot in the bits (>= 0). Bits: int32 (partial blocks, block_q, words), bit c % 32
 of word c // 32 of row r saying whether the block's element (r, c) attends.
+
+The dK/dV kernel walks a key block's query blocks from q-side lists (query_lists: what a BlockMask's q_num_blocks /
+q_indices and full_q_num_blocks / full_q_indices hold together), derived from the states.
 """
 from typing import NamedTuple
 
@@ -85,6 +88,18 @@ def compact(block_mask, batch, heads, L, S, device):
     bits = torch.cat(pieces) if pieces else torch.zeros(0, block_q, -(-block_k // 32), dtype=torch.int32,
                                                            device=device)
     return CompactBlockMask(states, bits, (block_q, block_k))
+
+
+def query_lists(states):
+    """Int32 (Bm, Hm, key blocks, 1 + query blocks): for each key block of each (batch, head), the number of query
+    blocks whose state is not EMPTY, then those query blocks in ascending order (the rest of the row is 0)."""
+    listed = (states != EMPTY).transpose(2, 3)  # (Bm, Hm, key blocks, query blocks)
+    query_blocks = listed.shape[-1]
+    slot = torch.where(listed, listed.int().cumsum(-1) - 1, query_blocks)  # unlisted blocks: a spare column
+    index = torch.arange(query_blocks, dtype=torch.int32, device=states.device).expand(listed.shape)
+    rows = torch.zeros(*listed.shape[:-1], query_blocks + 1, dtype=torch.int32, device=states.device)
+    rows.scatter_(-1, slot.long(), index)
+    return torch.cat([listed.sum(-1, dtype=torch.int32).unsqueeze(-1), rows[..., :query_blocks]], -1).contiguous()
 
 
 def allowed(states, bits, block_size, i0, i1, j0, j1):

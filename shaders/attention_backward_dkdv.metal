@@ -1,6 +1,8 @@
 // Attention backward, dK and dV: parallel over key blocks, no atomics. A threadgroup owns MFA_BLOCK_KV keys of one
 // K/V head and loops over every query head of its GQA group and every query block in the causal/window band, so the
 // group's sum lands in registers and each dK/dV row is written once, in a fixed order (deterministic).
+// With a block mask (MFA_MASK_BLOCKS) the query blocks are walked from the key block's q-side lists
+// (MFA_ATTN_MASK_Q_LISTS): empty blocks are skipped unread.
 // Per query block: S^T = K Q^T, P^T from the forward's softmax stats, dV += (P^T * dropout) dO, dP^T = V dO^T,
 // dS^T = P^T * (dP^T - D), dK += dS^T Q (with the softcap chain rule and the scale).
 //
@@ -52,6 +54,7 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
                                     device MFA_T* dk [[buffer(MFA_ATTN_DK)]],
                                     device MFA_T* dv [[buffer(MFA_ATTN_DV)]],
                                     device const uint* mask_bits [[buffer(MFA_ATTN_MASK_BITS)]],
+                                    device const int* q_lists [[buffer(MFA_ATTN_MASK_Q_LISTS)]],
                                     uint3 group [[threadgroup_position_in_grid]],
                                     uint3 groups [[threadgroups_per_grid]],
                                     ushort sg [[simdgroup_index_in_threadgroup]],
@@ -70,7 +73,8 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
   const int key0 = int(group.x / SLICES) * MFA_BLOCK_KV;
   if (key0 >= sq.kv_len) return;  // varlen: a shorter sequence than the grid's longest (whole threadgroup)
   const uint col0 = group.x % SLICES * MFA_SLICE_DIM;  // a one-output launch: its slice's first column (0 with both)
-  const int2 band = attention_query_band(p, sq, key0, min(key0 + MFA_BLOCK_KV, sq.kv_len) - 1);
+  const int key_last = min(key0 + MFA_BLOCK_KV, sq.kv_len) - 1;
+  const int2 band = attention_query_band(p, sq, key0, key_last);
   const int block_begin = band.x / MFA_BLOCK_Q;
   const int block_end = band.x <= band.y ? band.y / MFA_BLOCK_Q + 1 : block_begin;
 
@@ -107,13 +111,16 @@ kernel void attention_backward_dkdv(device const MFA_T* q [[buffer(MFA_ATTN_Q)]]
     device const MFA_T* const do_rows = grad_out + head_base * p.value_dim;
     device const MFA_T* const q_rows = q + attention_row_offset(p.q_strides, sq.tensor_batch, head, sq.q_first);
     for (int block = block_begin; block < block_end; block++) {
-      const int query0 = block * MFA_BLOCK_Q, queries = min(MFA_BLOCK_Q, sq.q_len - query0);
       bool mask_full = false;
-#if MFA_MASK_KIND == MFA_MASK_BLOCKS  // the block mask's query-side view: this key block's blocks down the queries
-      const int cover = attention_blocks_cover(p, mask, seq, head, 1, query0, query0 + queries - 1, key0,
-                                               min(key0 + MFA_BLOCK_KV, sq.kv_len) - 1);
-      if (cover == MFA_BLOCK_EMPTY) continue;  // the same for every thread: the block is never loaded
-      mask_full = cover == MFA_BLOCK_FULL;
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS  // the q-side lists skip the empty blocks unread (the same for every thread)
+      block = attention_next_listed_block(p, q_lists, seq, head, key0 / int(p.mask_block_k),
+                                          key_last / int(p.mask_block_k), MFA_BLOCK_Q, block, block_end);
+      if (block == block_end) break;
+#endif
+      const int query0 = block * MFA_BLOCK_Q, queries = min(MFA_BLOCK_Q, sq.q_len - query0);
+#if MFA_MASK_KIND == MFA_MASK_BLOCKS  // a listed block holds a non-empty mask block: full, or some need their bits
+      mask_full = attention_blocks_cover(p, mask, seq, head, 1, query0, query0 + queries - 1, key0, key_last) ==
+                  MFA_BLOCK_FULL;
 #endif
 #if MFA_COUNT_TILES
       computed++;

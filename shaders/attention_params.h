@@ -34,6 +34,9 @@
 #define MFA_ATTN_MASK_BITS 20     // MFA_MASK_BLOCKS: the partial blocks' bits (mfa_torch/block_masks.py)
 #define MFA_ATTN_BLOCK_TABLE 21   // MFA_PAGED_KV: int (sequences, max_pages), each sequence's pages (attention_pages.h)
 #define MFA_ATTN_KV_SPANS 22      // MFA_PAGED_KV: int (sequences, 2), each sequence's first cache position and keys
+#define MFA_ATTN_MASK_Q_LISTS 23  // MFA_MASK_BLOCKS, dK/dV: int (Bm, Hm, key blocks, 1 + query blocks) dense, the
+                                  // states' broadcast (Bm, Hm): per key block, the count of non-empty query blocks,
+                                  // then those blocks ascending (block_masks.query_lists)
 
 // Mask kinds (define MFA_MASK_KIND): none, bool (true = attend), float (added to the scores), or a FlexAttention
 // block mask: the mask buffer holds an int state per (mask_block_q x mask_block_k) block (MFA_BLOCK_EMPTY,

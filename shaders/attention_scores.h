@@ -120,6 +120,29 @@ inline int attention_blocks_cover(constant AttentionParams& p, device const int*
   return !attends ? MFA_BLOCK_EMPTY : full ? MFA_BLOCK_FULL : 0;
 }
 
+// The dK/dV walk down a key block's queries: the first block of `block_q` queries at or after block `from` that
+// holds a query of a non-empty mask block in key blocks [kb_first, kb_last] of (batch, head), found by binary search
+// in each key block's q-side list (MFA_ATTN_MASK_Q_LISTS); `end` if there is none.
+inline int attention_next_listed_block(constant AttentionParams& p, device const int* lists, uint batch, uint head,
+                                       int kb_first, int kb_last, int block_q, int from, int end) {
+  const long query_blocks = (long(p.q_len) + p.mask_block_q - 1) / p.mask_block_q;
+  const long key_blocks = (long(p.kv_len) + p.mask_block_k - 1) / p.mask_block_k;
+  const long heads = p.mask_strides[1] == 0 ? 1 : p.q_heads;
+  const long list_batch = p.mask_strides[0] == 0 ? 0 : batch, list_head = p.mask_strides[1] == 0 ? 0 : head;
+  const long first_query = long(from) * block_q;
+  int next = end;
+  for (int kb = kb_first; kb <= kb_last; kb++) {
+    device const int* const list = lists + ((list_batch * heads + list_head) * key_blocks + kb) * (query_blocks + 1);
+    int lo = 0, hi = list[0];  // the first listed mask block that ends after first_query
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if ((long(list[1 + mid]) + 1) * p.mask_block_q <= first_query) lo = mid + 1; else hi = mid;
+    }
+    if (lo < list[0]) next = min(next, max(from, int(long(list[1 + lo]) * p.mask_block_q / block_q)));
+  }
+  return next;
+}
+
 // Whether the block mask lets `row` attend `key` (inside the sequence): its block's state, or its bit.
 inline bool attention_block_allows(constant AttentionParams& p, device const int* states, device const uint* bits,
                                    thread const AttentionRow& row, int key) {

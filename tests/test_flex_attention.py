@@ -132,6 +132,40 @@ def test_tile_counters_count_exactly_the_non_empty_blocks():
 
 
 @pytest.mark.emulator
+def test_the_dkdv_kernel_walks_the_query_lists(monkeypatch):
+    """The dK/dV kernel computes the query blocks its key block's q-side list names, not what the states say: with
+    the first listed block of key block 0 left off its list, exactly that block goes uncomputed (one fewer tile per
+    head), dK and dV of keys 0..31 change and every other key's are bit for bit the same (fp16, 32 x 32 mask blocks
+    on Apple7's backward tiles of 32 x 32)."""
+    B, H, L, S, E = 1, 2, 256, 512, 16
+    q, k, v = (t.detach() for t in _inputs(B, H, H, L, S, E, E, torch.float16))
+    blocks = block_masks.compact(create_block_mask(block_sparse_wide, None, None, L, S, device="cpu",
+                                                   BLOCK_SIZE=(32, 32)), B, H, L, S, "cpu")
+    args = (None, None, None, None, L, S, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    out, stats = metal_attention.forward("emulator", q, k, v, *args, blocks=blocks, family="apple7")
+    grad = torch.randn_like(out)
+
+    def backward():
+        return metal_attention.backward("emulator", grad, q, k, v, out, stats, *args, False, blocks=blocks,
+                                        family="apple7", count_tiles=True)
+    _, dk, dv, _, _, tiles = backward()
+    lists = block_masks.query_lists(blocks.states)
+    assert int(lists[0, 0, 0, 0]) > 0
+
+    def shortened(states):
+        cut = lists.clone()
+        cut[0, 0, 0, 0] -= 1
+        cut[0, 0, 0, 1:-1] = lists[0, 0, 0, 2:]
+        return cut
+    monkeypatch.setattr(block_masks, "query_lists", shortened)
+    _, dk_cut, dv_cut, _, _, tiles_cut = backward()
+    assert int(tiles_cut.sum()) == int(tiles.sum()) - H
+    for full, cut in ((dk, dk_cut), (dv, dv_cut)):
+        assert not torch.equal(full[:, :, :32], cut[:, :, :32])
+        assert torch.equal(full[:, :, 32:], cut[:, :, 32:])
+
+
+@pytest.mark.emulator
 def test_sliced_forward_skips_empty_blocks_at_large_head_dims():
     """E = Ev = 512 (O in column slices sharing P, 16 rows x 64 keys a threadgroup) with a block-sparse mask of
     32 x 64 blocks: output, lse and gradients against the fp64 oracle, and the forward computes exactly the non-empty
@@ -260,3 +294,24 @@ def test_the_compact_form_holds_exactly_the_mask(L, S, block_q, block_k, heads, 
         state = blocks.states[0, :, qb, kb]
         assert torch.equal(state == block_masks.EMPTY, ~part.flatten(1).any(1))
         assert bool((~part.flatten(1).all(1))[state == block_masks.FULL].sum() == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 90), S=st.integers(1, 90), block_q=st.integers(1, 40), block_k=st.integers(1, 70),
+       heads=st.sampled_from([1, 3]), seed=st.integers(0, 2 ** 16))
+def test_query_lists_hold_the_block_masks_q_side_indices(L, S, block_q, block_k, heads, seed):
+    """block_masks.query_lists of the compact states names, per key block, the query blocks of torch's BlockMask
+    q-side indices (partial and full together) in ascending order."""
+    table = torch.rand(heads, L, S, generator=torch.Generator().manual_seed(seed)) < 0.3
+    table[:, : L // 3] = True  # full blocks too
+
+    def mask_mod(b, h, q, kv):
+        return table[h, q, kv]
+    block_mask = create_block_mask(mask_mod, None, heads, L, S, device="cpu", BLOCK_SIZE=(block_q, block_k))
+    lists = block_masks.query_lists(block_masks.compact(block_mask, 1, heads, L, S, "cpu").states)
+    assert lists.shape == (1, heads, -(-S // block_k), 1 + -(-L // block_q)) and lists.dtype == torch.int32
+    for h, kb in itertools.product(range(heads), range(lists.shape[2])):
+        partial = block_mask.q_indices[0, h, kb, :block_mask.q_num_blocks[0, h, kb]].tolist()
+        full = block_mask.full_q_indices[0, h, kb, :block_mask.full_q_num_blocks[0, h, kb]].tolist()
+        count = int(lists[0, h, kb, 0])
+        assert lists[0, h, kb, 1:1 + count].tolist() == sorted(set(partial) | set(full))

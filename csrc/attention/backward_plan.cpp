@@ -122,7 +122,8 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
     dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
     dkdv.arguments.insert(dkdv.arguments.end(),
                           {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_DELTA, "delta"),
-                           tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv")});
+                           tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv"),
+                           tensor_argument(MFA_ATTN_MASK_Q_LISTS, bound_or_q(prob.mask == "blocks", "mask_q_lists"))});
     plan.launches.push_back(dkdv);
   }
 

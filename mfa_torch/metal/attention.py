@@ -2,7 +2,7 @@
 run the plan with the route's executor (MPS stream or emulator)."""
 import torch
 
-from .. import _C
+from .. import _C, block_masks
 from . import executors
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -102,6 +102,8 @@ def backward(route, grad_out, q, k, v, out, stats, mask, alibi_slopes, cu_seqlen
     tensors.update(grad_out=grad_out, out=out.contiguous(), stats=stats.contiguous())
     dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     tensors.update(dq=dq, dk=dk, dv=dv)
+    if blocks is not None:
+        tensors["mask_q_lists"] = block_masks.query_lists(tensors["mask"])
     dmask = q.new_empty(0)
     if mask_grad:  # the kernel writes through the mask's strides: a contiguous full mask and its gradient
         tensors["mask"] = tensors["mask"].contiguous()
