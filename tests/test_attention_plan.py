@@ -99,9 +99,19 @@ def test_every_head_dim_fits_the_gpu_limits_in_the_backward(family, dtype):
             assert_within_gpu_limits(launch)
             d = defines(launch)
             if launch.kernel == "attention_backward_dq":
-                staged = head + (0 if d["MFA_DP_FROM_DEVICE"] == "1" else value)  # the K and V tiles
-                assert launch.threadgroup_memory == int(d["MFA_BLOCK_K"]) * staged * element
-                assert launch.threadgroups[0] == -(-p.q_len * 2 // int(d["MFA_BLOCK_Q"])) * slices(launch, head)
+                block_q, block_k = int(d["MFA_BLOCK_Q"]), int(d["MFA_BLOCK_K"])
+                dq_slices = slices(launch, head)
+                if dq_slices > 1:  # a chunk of K or V, and the block's dS in float
+                    assert block_k % (8 * dq_slices) == 0, "each slice scores whole key tiles"
+                    chunk = max(-(-dim // (8 * int(d[n]))) * 8 for dim, n in ((head, "MFA_K_CHUNKS"),
+                                                                              (value, "MFA_V_CHUNKS")))
+                    staged = block_k * chunk * element + block_q * block_k * 4
+                else:  # the whole K and V tiles
+                    assert d["MFA_K_CHUNKS"] == d["MFA_V_CHUNKS"] == "1"
+                    staged = block_k * (head + value) * element
+                assert launch.threadgroup_memory == staged  # what the shader declares
+                assert launch.threadgroups[0] == -(-p.q_len * 2 // block_q)
+                assert launch.threads_per_threadgroup[0] == block_q // 8 * dq_slices * 32
             elif launch.kernel == "attention_backward_dkdv":
                 outputs = d["MFA_DKDV_OUTPUTS"]
                 columns = {"1": value, "2": head, "3": max(head, value)}[outputs]

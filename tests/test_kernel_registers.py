@@ -45,7 +45,7 @@ CASES = [  # (family, dtype, E, Ev): what each variant exercises
     ("apple9", torch.float32, 8, 256),  # float tiles, V streamed in dK/dV
     ("apple9", torch.float16, 576, 512),  # O, dQ, dK and dV in column slices, every operand streamed
     ("apple7", torch.bfloat16, 512, 512),  # O in 4 slices sharing P, Q held (widened): exactly the limit
-    ("apple7", torch.float32, 576, 512),  # float tiles sliced; dP reads V (dQ) and dO (dK) from device memory
+    ("apple7", torch.float32, 576, 512),  # float tiles sliced, dQ staging K and V in chunks; dK reads dO from device
 ]
 
 

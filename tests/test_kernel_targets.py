@@ -86,6 +86,47 @@ def test_sliced_forward_computes_each_product_and_exp_once(E, Ev, slices):
     assert not launch["spills"]
 
 
+@pytest.mark.parametrize("E, Ev", [(512, 512), (576, 512)])
+def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
+    """Counts known by hand for dQ in 2 column slices sharing each 64-key block's dS: every product of S = Q K^T,
+    dP = dO V^T and dQ = dS K exactly once, one exp per score and one division (1 / sum) per thread; K and V read
+    from device memory once per threadgroup but K's chunks before the last, which dQ stages again; each SIMD-group
+    streams its rows' Q and dO once per block. Threadgroup memory: each staged element written once, one staged tile
+    read per product (K's and V's chunks written whole), dS stored once and loaded by each slice for each K chunk
+    holding its columns."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(B, H, SLICED_L, E, generator=gen).half() for _ in range(2))
+    v = torch.randn(B, H, SLICED_L, Ev, generator=gen).half()
+    args = (None, None, None, None, SLICED_L, SLICED_L, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    out, stats = metal_attention.forward(ROUTE, q, k, v, *args, family="apple9")
+    with profile() as prof:
+        metal_attention.backward(ROUTE, torch.randn_like(out), q, k, v, out, stats, *args, False, family="apple9")
+    (launch,) = [launch for launch in prof.launches if launch["kernel"] == "attention_backward_dq"]
+    d = launch["defines"]
+    slice_dim, k_chunks, v_chunks = int(d["MFA_SLICE_DIM"]), int(d["MFA_K_CHUNKS"]), int(d["MFA_V_CHUNKS"])
+    assert -(-E // slice_dim) == 2 and d["MFA_BLOCK_K"] == "64" and d["MFA_STREAM_Q"] == d["MFA_STREAM_DO"] == "1"
+    scores, rows, blocks = B * H * SLICED_L * SLICED_L, B * H * SLICED_L, SLICED_L // 64
+    threads = rows * 2 * 4  # a row's 4 lanes in each of its 2 slices' SIMD-groups
+    assert launch["mma"] == scores // 64 * (2 * E + Ev) // 8
+    assert launch["transcendentals"] == scores + threads and launch["divisions"] == threads
+    threadgroups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
+    k_chunk = -(-E // (8 * k_chunks)) * 8
+    staged_columns = E + k_chunk * (k_chunks - 1) + Ev  # K, K's chunks staged again for dQ, V
+    rows_read = (q.numel() + out.numel()) * 2 * 2 * blocks  # Q and dO, by each slice for each block
+    dq_and_stats = rows * E * 2 + threads * 12  # dQ written; each thread reads its row's stats and delta
+    assert launch["device_bytes"] == threadgroups * SLICED_L * staged_columns * 2 + rows_read + dq_and_stats
+    chunks_of_slice = [sum(c * k_chunk < (s + 1) * slice_dim and s * slice_dim < (c + 1) * k_chunk
+                           for c in range(k_chunks)) for s in range(2)]
+    ds_loads = rows // 8 * blocks * sum(chunks_of_slice) * 8  # per row group, block, slice and chunk: 8 tiles
+    v_chunk = -(-Ev // (8 * v_chunks)) * 8
+    written_columns = k_chunk * (2 * k_chunks - 1) + v_chunk * v_chunks  # whole chunks: a short last one zero-filled
+    assert launch["threadgroup_bytes"] == (threadgroups * SLICED_L * written_columns * 2 + launch["mma"] * 128
+                                           + scores * 4 + ds_loads * 256)
+    # per block: two barriers a V and a K chunk, one for the last K chunk's dQ, two for each chunk staged again
+    assert launch["barriers"] == threadgroups * blocks * (2 * (v_chunks + k_chunks) + 1 + 2 * (k_chunks - 1))
+    assert not launch["spills"]
+
+
 # GEMM: fp16 and fp32 at 1024^3 and 4096 x 4096 x 1024 on both tables. Their plans give a worker to every tile and
 # every tile is whole (sizes multiples of the blocks), so every worker runs the same steps: the counters of the first
 # SAMPLE workers of the real plan are SAMPLE / workers of the launch's (checked: two workers count exactly twice

@@ -54,31 +54,43 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
                      tensor_argument(MFA_ATTN_DELTA, "delta"), bytes_argument(MFA_ATTN_PARAMS, params)};
   if (q_rows > 0) plan.launches.push_back(delta);
 
-  // dQ: packed GQA rows as in the forward; a short query block shrinks the threadgroup.
-  const int64_t block_q = std::min<int64_t>(blocks.dq_block_q, round_up(rows * group, 8));
-  // dQ is cut into column slices (one threadgroup each) only where it passes the limit with both operands streamed;
-  // operands stay in registers while they fit under the limit: the larger one is streamed first.
-  const AttentionTileShape shape = attention_tile_shape(prob, 0);
-  const uint32_t dq_dim = widest_fitting_slice(
-      shape.head_dim, [&](uint32_t width) { return dq_registers(shape, true, true, width) <= kRegisterLimit; });
-  const Streamed dq_streamed = first_within_limit(
-      shape, [&](Streamed s) { return dq_registers(shape, s.first, s.second, dq_dim); });
-  const uint64_t element_bytes = uint64_t(attention_element_bytes(prob));  // the tiles are staged in the input type
-  // The K and V tiles, unless they pass the threadgroup memory: then dP reads V from device memory (float inputs of
-  // E + Ev past 1016 only).
-  const bool dq_dp_from_device = uint64_t(blocks.dq_block_k) * dims * element_bytes > kThreadgroupMemoryLimit;
-  const uint64_t v_tile_dim = dq_dp_from_device ? 0 : shape.value_dim;
+  // dQ: packed GQA rows as in the forward. dQ stays whole in one SIMD-group's registers (Q, dO streamed as needed)
+  // unless that passes the limit with both streamed: then each row group's dQ is cut into column slices, one
+  // SIMD-group each, sharing dS, with the sliced kernels' blocks and K and V staged in chunks of their head dims.
+  AttentionTileShape shape = attention_tile_shape(prob, blocks.dq_block_k);
+  const bool dq_sliced = dq_registers(shape, true, true, shape.head_dim) > kRegisterLimit;
+  const AttentionBlocks dq_blocks =
+      dq_sliced ? attention_sliced_blocks(parse_gpu_family(prob.family))
+                : AttentionBlocks{blocks.dq_block_q, blocks.dq_block_k};
+  shape.block_k = dq_blocks.block_k;
+  const Streamed whole_dq_streamed = first_within_limit(
+      shape, [&](Streamed s) { return dq_registers(shape, s.first, s.second, shape.head_dim); });
+  const DqSlices dq_slicing =
+      dq_sliced ? dq_slices(shape) : DqSlices{shape.head_dim, whole_dq_streamed.first, whole_dq_streamed.second};
+  const uint32_t dq_slice_count = uint32_t(ceil_div(shape.head_dim, dq_slicing.dq_dim));
+  const int64_t block_q = std::min<int64_t>(dq_blocks.block_q / dq_slice_count, round_up(rows * group, 8));
+  const uint32_t element_bytes = uint32_t(attention_element_bytes(prob));  // the tiles are staged in the input type
+  const uint32_t k_chunks = dq_sliced ? staged_k_chunks(shape.head_dim, dq_blocks.block_k, element_bytes) : 1;
+  const uint32_t v_chunks = dq_sliced ? staged_k_chunks(shape.value_dim, dq_blocks.block_k, element_bytes) : 1;
+  // Sliced: a chunk of K or V and the block's dS (float); else the whole K and V tiles.
+  const uint64_t dq_tile_bytes =
+      dq_sliced ? uint64_t(dq_blocks.block_k) * std::max(staged_k_chunk_width(shape.head_dim, k_chunks),
+                                                         staged_k_chunk_width(shape.value_dim, v_chunks)) *
+                          element_bytes + uint64_t(block_q) * dq_blocks.block_k * sizeof(float)
+                : uint64_t(dq_blocks.block_k) * dims * element_bytes;
+  if (dq_tile_bytes > kThreadgroupMemoryLimit) {  // unsliced dQ comes with E <= 392 (tests/test_attention_plan.py)
+    throw std::logic_error("attention backward: the dQ tiles pass the threadgroup memory");
+  }
   Launch dq = attention_kernel_launch(
       prob, "attention_backward_dq",
-      {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(blocks.dq_block_k)},
-       {"MFA_SLICE_DIM", std::to_string(dq_dim)}, {"MFA_MASK_GRAD", mask_grad ? "1" : "0"},
-       {"MFA_STREAM_Q", dq_streamed.first ? "1" : "0"}, {"MFA_STREAM_DO", dq_streamed.second ? "1" : "0"},
-       {"MFA_DP_FROM_DEVICE", dq_dp_from_device ? "1" : "0"}},
-      {uint64_t(ceil_div(rows * group, block_q) * ceil_div(shape.head_dim, dq_dim)), uint64_t(prob.kv_heads),
-       uint64_t(sequences)},
-      block_q);
-  dq.registers = dq_registers(shape, dq_streamed.first, dq_streamed.second, dq_dim);
-  dq.threadgroup_memory = uint64_t(blocks.dq_block_k) * (shape.head_dim + v_tile_dim) * element_bytes;
+      {{"MFA_BLOCK_Q", std::to_string(block_q)}, {"MFA_BLOCK_K", std::to_string(dq_blocks.block_k)},
+       {"MFA_SLICE_DIM", std::to_string(dq_slicing.dq_dim)}, {"MFA_K_CHUNKS", std::to_string(k_chunks)},
+       {"MFA_V_CHUNKS", std::to_string(v_chunks)}, {"MFA_MASK_GRAD", mask_grad ? "1" : "0"},
+       {"MFA_STREAM_Q", dq_slicing.stream_q ? "1" : "0"}, {"MFA_STREAM_DO", dq_slicing.stream_do ? "1" : "0"}},
+      {uint64_t(ceil_div(rows * group, block_q)), uint64_t(prob.kv_heads), uint64_t(sequences)},
+      block_q * dq_slice_count);
+  dq.registers = dq_registers(shape, dq_slicing.stream_q, dq_slicing.stream_do, dq_slicing.dq_dim);
+  dq.threadgroup_memory = dq_tile_bytes;
   dq.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dq");
   dq.arguments.insert(dq.arguments.end(), {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"),
                                            tensor_argument(MFA_ATTN_DELTA, "delta"), tensor_argument(MFA_ATTN_DQ, "dq"),

@@ -21,7 +21,7 @@ Plan plan_attention_forward(const AttentionProblem& prob) {
   // streamed: then each row group's O is cut into column slices, one SIMD-group each, with the sliced kernels' blocks.
   AttentionTileShape shape = attention_tile_shape(prob, blocks.block_k);
   const bool sliced = forward_registers(shape, true, shape.value_dim) > kRegisterLimit;
-  if (sliced) blocks = attention_sliced_forward_blocks(parse_gpu_family(prob.family));
+  if (sliced) blocks = attention_sliced_blocks(parse_gpu_family(prob.family));
   // A block mask's key blocks shorter than the table's: key blocks of the largest power of two within them (at
   // least 32 keys), so a skipped tile is a skipped mask block instead of the union of several.
   while (prob.mask == "blocks" && blocks.block_k > 32 && blocks.block_k > uint32_t(prob.mask_block_k)) blocks.block_k /= 2;

@@ -34,11 +34,15 @@ uint32_t forward_registers(const AttentionTileShape& s, bool stream_q, uint32_t 
   return kRegisterAllowance + held_tiles + body;
 }
 
+bool shares_key_tiles(uint32_t dim, uint32_t width, uint32_t key_tiles) {
+  const uint32_t slices = (dim + width - 1) / width;
+  return slices > 1 && slices <= 4 && key_tiles % slices == 0;
+}
+
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& s) {
   for (const bool stream_q : {false, true}) {
     const auto fits = [&](uint32_t width) {
-      const uint32_t slices = (s.value_dim + width - 1) / width;
-      return slices > 1 && slices <= 4 && tiles(s.block_k) % slices == 0 &&
+      return shares_key_tiles(s.value_dim, width, tiles(s.block_k)) &&
              forward_registers(s, stream_q, width) <= kRegisterLimit;
     };
     const uint32_t width = widest_fitting_slice(s.value_dim, fits);
@@ -49,11 +53,31 @@ std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& s) {
 }
 
 uint32_t dq_registers(const AttentionTileShape& s, bool stream_q, bool stream_do, uint32_t dq_dim) {
+  const uint32_t slices = (s.head_dim + dq_dim - 1) / dq_dim;
+  const uint32_t score_tiles = slices > 1 ? tiles(s.block_k) / slices : 1;
   const uint32_t held_tiles = held(s, s.head_dim, stream_q) + held(s, s.value_dim, stream_do) +
-                              tiles(dq_dim) * kFloatTile + 2 * kFloatTile;  // Q, dO, dQ, the score and dP tiles
-  // S = Q K^T and dP = dO V^T: a Q or dO tile in use and a K or V tile; dQ += dS K: a K tile.
-  const uint32_t body = std::max(in_use(s, stream_q), in_use(s, stream_do)) + s.operand_registers;
+                              tiles(dq_dim) * kFloatTile +
+                              2 * score_tiles * kFloatTile;  // Q, dO, dQ, the score and dP tiles
+  // S = Q K^T and dP = dO V^T: a Q or dO tile in use and a K or V tile; dQ += dS K: a K tile (and, sliced, the dS
+  // tile loaded).
+  const uint32_t ds = (slices > 1 ? kFloatTile : 0) + s.operand_registers;
+  const uint32_t body = std::max(std::max(in_use(s, stream_q), in_use(s, stream_do)) + s.operand_registers, ds);
   return kRegisterAllowance + held_tiles + body;
+}
+
+DqSlices dq_slices(const AttentionTileShape& s) {
+  const bool q_larger = s.head_dim >= s.value_dim;
+  for (const std::pair<bool, bool>& streamed :
+       {std::pair{false, false}, std::pair{q_larger, !q_larger}, std::pair{true, true}}) {
+    const auto fits = [&](uint32_t width) {
+      return shares_key_tiles(s.head_dim, width, tiles(s.block_k)) &&
+             dq_registers(s, streamed.first, streamed.second, width) <= kRegisterLimit;
+    };
+    const uint32_t width = widest_fitting_slice(s.head_dim, fits);
+    if (fits(width)) return {width, streamed.first, streamed.second};
+  }
+  // 4 slices of dQ with Q and dO streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
+  throw std::logic_error("attention backward: no column slicing of dQ fits the register limit");
 }
 
 uint32_t dkdv_registers(const AttentionTileShape& s, uint32_t outputs, bool stream_k, bool stream_v,

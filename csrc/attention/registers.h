@@ -28,8 +28,21 @@ uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q, uint3
 // SIMD-groups share each staged tile), else streamed; the widest slice of O within the limit whose count divides the
 // block's key tiles (each slice scores whole tiles).
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& shape);
-// attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per threadgroup.
+// Whether `width`-column slices of an accumulator of `dim` columns can share a block of `key_tiles` score tiles:
+// 2 to 4 slices (so at least two row groups of a threadgroup's 8 SIMD-groups share each staged tile), each scoring
+// whole tiles.
+bool shares_key_tiles(uint32_t dim, uint32_t width, uint32_t key_tiles);
+// attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per SIMD-group: with more than one
+// slice, each computes S and dP for shape.block_k / slices keys of a block and loads dS's tiles from threadgroup
+// memory; a single slice computes one key tile at a time.
 uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do, uint32_t dq_dim);
+struct DqSlices {
+  uint32_t dq_dim;
+  bool stream_q, stream_do;
+};
+// A sliced dQ's slices: Q and dO held while they fit (the one of the larger head dim streamed first), the widest
+// slice of dQ within the limit, at most 4 slices whose count divides the block's key tiles.
+DqSlices dq_slices(const AttentionTileShape& shape);
 // attention_backward_dkdv computing dK and/or dV (MFA_DKDV_OUTPUTS bits), K and V held or streamed; a one-output
 // launch holds `slice_dim` columns of its accumulator, a launch of both holds them whole.
 uint32_t dkdv_registers(const AttentionTileShape& shape, uint32_t outputs, bool stream_k, bool stream_v,

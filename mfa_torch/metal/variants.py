@@ -106,6 +106,8 @@ def _attention_grid(family):
     for dtype in DTYPES:  # O sliced: K staged in 1 to 9 chunks of its head dim
         for head_dim in range(64, MAX_HEAD_DIM + 1, 64):
             yield attention_problem(family, dtype, head_dim=head_dim, value_dim=MAX_VALUE_DIM)
+        for value_dim in range(64, MAX_VALUE_DIM, 64):  # dQ sliced: V staged in 1 to 8 chunks of its head dim
+            yield attention_problem(family, dtype, head_dim=MAX_HEAD_DIM, value_dim=value_dim)
     for dtype in ("float16", "float32"):  # float inputs stage fewer keys per block
         for q_len in (1, 9, 17, 25):  # packed rows below the table's block_q (8-row steps)
             for kv_len in (1, 17, 25):  # keys below the table's dK/dV block (8-key steps, at least 16)

@@ -162,7 +162,34 @@ void test_register_estimates() {
   AttentionTileShape float128 = half128;
   float128.operand_registers = float128.held_registers = 2;
   CHECK_EQ(dq_registers(float128, false, false, 128), 126u);
-  CHECK_EQ(dq_registers(float128, true, true, 64), 126u - 32 - 32 - 16 + 2);  // Q, dO streamed, half of dQ
+  // dQ in two column slices, Q and dO streamed: 24 + dQ 16 + the slice's 32 keys of S and dP 16 + a dO and a V
+  // tile 4 = 60.
+  CHECK_EQ(dq_registers(float128, true, true, 64), 24u + 16 + 16 + 4);
+}
+
+void test_dq_slices() {
+  // half, 64-key blocks. E = Ev = 512: dO held would take 64 of the 128 (24 + dO 64 + 4 slices of dQ 32 + S, dP 8
+  // + a dS and a K tile 3 = 131), so both are streamed: 2 slices, 24 + dQ 64 + S, dP 16 + 3 = 107.
+  AttentionTileShape shape;
+  shape.head_dim = shape.value_dim = 512;
+  shape.block_k = 64;
+  DqSlices slices = dq_slices(shape);
+  CHECK_EQ(slices.dq_dim, 256u);
+  CHECK(slices.stream_q && slices.stream_do);
+  CHECK_EQ(dq_registers(shape, true, true, 256), 107u);
+  // E = Ev = 400: the larger (Q, as E = Ev) is streamed, dO held: 4 slices of 104 (3 would not divide the 8 key
+  // tiles): 24 + dO 50 + dQ 26 + S, dP 8 + 3 = 111.
+  shape.head_dim = shape.value_dim = 400;
+  slices = dq_slices(shape);
+  CHECK_EQ(slices.dq_dim, 104u);
+  CHECK(slices.stream_q && !slices.stream_do);
+  CHECK_EQ(dq_registers(shape, true, false, 104), 111u);
+  // E = 576, Ev = 512: 2 slices of 288, both streamed.
+  shape.head_dim = 576;
+  shape.value_dim = 512;
+  slices = dq_slices(shape);
+  CHECK_EQ(slices.dq_dim, 288u);
+  CHECK(slices.stream_q && slices.stream_do);
 }
 
 void test_sliced_forward_tiles() {
@@ -520,6 +547,7 @@ int main(int argc, char** argv) {
       {"register_estimates", test_register_estimates},
       {"widest_fitting_slice", test_widest_fitting_slice},
       {"sliced_forward_tiles", test_sliced_forward_tiles},
+      {"dq_slices", test_dq_slices},
       {"attention_forward_plan", test_attention_forward_plan},
       {"attention_forward_split_kv", test_attention_forward_split_kv},
       {"attention_forward_varlen", test_attention_forward_varlen},
