@@ -49,7 +49,6 @@
 #define MFA_BLOCK_EMPTY (-1)
 #define MFA_BLOCK_FULL (-2)
 
-// What a dK/dV launch computes (define MFA_DKDV_OUTPUTS, a bit set): dV, dK or both.
 // MFA_SCORE_FEATURES: the score features a variant compiles in, a sum of the bits below (the planner sets them from
 // the call). A feature that is off is absent from the variant's code, so it costs nothing.
 #define MFA_SCORE_SOFTCAP 1
@@ -59,17 +58,14 @@
 // MFA_SINKS (forward and split-KV combine): 1 when every row's softmax takes one more logit, the sink of its query
 // head, with no value vector. The stats then include it, so the backward kernels need nothing of it.
 
-#define MFA_DKDV_DV 1
-#define MFA_DKDV_DK 2
-
 // The largest head dims the kernels take: E to 576 (DeepSeek's absorbed latent attention: 512 latent + 64 rotary),
 // Ev to 512.
 #define MFA_ATTN_MAX_HEAD_DIM 576
 #define MFA_ATTN_MAX_VALUE_DIM 512
 
-// MFA_SLICE_DIM (forward, dQ, dK/dV): the columns of the kernel's accumulator (O, dQ, or the one of dK or dV a
-// one-output launch computes) each threadgroup owns. Where the whole accumulator would take too many registers the
-// planner gives its column slices to threadgroups side by side in the grid's x; each recomputes the scores.
+// MFA_SLICE_DIM (forward, dQ) and MFA_SLICES (dK/dV): where a whole accumulator (O, dQ, or dK and dV) would take
+// too many registers, the planner cuts it into column slices, SIMD-groups of one threadgroup that share the block's
+// scores through threadgroup memory (see each kernel).
 
 struct AttentionParams {
   mfa_i64 mask_strides[4];  // element strides of the mask over (B, Hq, L, S) (block states: see MFA_MASK_BLOCKS); 0 on

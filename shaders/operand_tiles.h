@@ -56,16 +56,6 @@ inline void mfa_load_row_tile(thread metal::simdgroup_matrix<E, 8, 8>& tile, dev
   }
 }
 
-// Tile d of the transpose of 8 rows of a device matrix (`stride` elements apart) as an operand: tile element (r, c)
-// is row c, column d * 8 + r; zero past `rows` rows or `cols` columns (the transposed tile mfa_load_operand would
-// take from the same rows staged).
-inline void mfa_load_device_operand_transposed(thread mfa_operand_tile& tile, device const MFA_T* first_row,
-                                               long stride, int rows, uint cols, uint d, ushort lane) {
-  const uint c = d * 8 + mfa_tile_row(lane), r = mfa_tile_col(lane);
-  mfa_set_operand(tile, int(r) < rows && c < cols ? first_row[long(r) * stride + c] : MFA_T(0),
-                  int(r) + 1 < rows && c < cols ? first_row[long(r + 1) * stride + c] : MFA_T(0));
-}
-
 // The DIM / 8 tiles of this lane's row as operands (arguments as mfa_load_row_tile): held in registers in the input
 // type, loaded once (and, MFA_BFLOAT_AS_FLOAT, widened at each use), or (STREAMED) loaded from device memory at each
 // use, where holding them would take more registers than the planner allows (csrc/attention/registers.h).

@@ -98,32 +98,24 @@ def test_every_head_dim_fits_the_gpu_limits_in_the_backward(family, dtype):
         for launch in plan.launches:
             assert_within_gpu_limits(launch)
             d = defines(launch)
-            if launch.kernel == "attention_backward_dq":
-                block_q, block_k = int(d["MFA_BLOCK_Q"]), int(d["MFA_BLOCK_K"])
-                dq_slices = slices(launch, head)
-                if dq_slices > 1:  # a chunk of K or V, and the block's dS in float
-                    assert block_k % (8 * dq_slices) == 0, "each slice scores whole key tiles"
-                    chunk = max(-(-dim // (8 * int(d[n]))) * 8 for dim, n in ((head, "MFA_K_CHUNKS"),
-                                                                              (value, "MFA_V_CHUNKS")))
-                    staged = block_k * chunk * element + block_q * block_k * 4
-                else:  # the whole K and V tiles
-                    assert d["MFA_K_CHUNKS"] == d["MFA_V_CHUNKS"] == "1"
-                    staged = block_k * (head + value) * element
-                assert launch.threadgroup_memory == staged  # what the shader declares
-                assert launch.threadgroups[0] == -(-p.q_len * 2 // block_q)
-                assert launch.threads_per_threadgroup[0] == block_q // 8 * dq_slices * 32
-            elif launch.kernel == "attention_backward_dkdv":
-                outputs = d["MFA_DKDV_OUTPUTS"]
-                columns = {"1": value, "2": head, "3": max(head, value)}[outputs]
-                do_columns = 0 if d["MFA_DP_FROM_DEVICE"] == "1" else value if outputs != "1" else \
-                    min(int(d["MFA_SLICE_DIM"]), value)  # a dV launch stages its slice of dO
-                assert d["MFA_DP_FROM_DEVICE"] == "0" or outputs == "2", "dV reads the staged dO"
-                rows = int(d["MFA_BLOCK_Q"])
-                assert launch.threadgroup_memory == rows * ((head + do_columns) * element + 12)
-                assert launch.threadgroups[0] == -(-p.kv_len // int(d["MFA_BLOCK_KV"])) * slices(launch, columns)
-        # dP reads device memory only where the staged tiles would not fit
-        staged_apart = any(defines(launch).get("MFA_DP_FROM_DEVICE") == "1" for launch in plan.launches)
-        assert staged_apart == (element == 4 and head + value > 1016), (E, Ev)
+            if launch.kernel == "attention_backward_dq":  # rows of q a threadgroup, a block of keys
+                rows, block, kernel_slices = int(d["MFA_BLOCK_Q"]), int(d["MFA_BLOCK_K"]), slices(launch, head)
+                chunks, row_bytes, grid_rows = (d["MFA_K_CHUNKS"], d["MFA_V_CHUNKS"]), 0, p.q_len * 2
+            elif launch.kernel == "attention_backward_dkdv":  # keys a threadgroup, a block of queries and their stats
+                rows, block, kernel_slices = int(d["MFA_BLOCK_KV"]), int(d["MFA_BLOCK_Q"]), int(d["MFA_SLICES"])
+                chunks, row_bytes, grid_rows = (d["MFA_Q_CHUNKS"], d["MFA_DO_CHUNKS"]), 12, p.kv_len
+            else:
+                continue
+            if kernel_slices > 1:  # a chunk of one operand pair's (K, V or Q, dO), and the block's scores in float
+                assert block % (8 * kernel_slices) == 0, "each slice scores whole tiles of the block"
+                chunk = max(-(-dim // (8 * int(n))) * 8 for dim, n in zip((head, value), chunks))
+                staged = block * chunk * element + rows * block * 4
+            else:  # both operands whole
+                assert chunks == ("1", "1")
+                staged = block * (head + value) * element
+            assert launch.threadgroup_memory == staged + block * row_bytes  # what the shader declares
+            assert launch.threadgroups[0] == -(-grid_rows // rows)
+            assert launch.threads_per_threadgroup[0] == rows // 8 * kernel_slices * 32
 
 
 @settings(max_examples=150, deadline=None)

@@ -1,8 +1,9 @@
 """Registers per thread of the attention kernels (issue "Kernels built for speed": no variant the planners emit for
 any head dims (E <= 576, Ev <= 512), forward or backward, any dtype or family, over 128). The planners estimate each
-variant's registers (csrc/attention/registers.h) to choose which operands stay in registers, whether dK and dV take
-one launch or two and how many column slices an accumulator is cut into; every plan is checked against the limit here, and the estimate against the emulator's exact count on a variant
-of every kind: all held, operands streamed, dK/dV split, 16-bit, float and widened bfloat tiles."""
+variant's registers (csrc/attention/registers.h) to choose which operands stay in registers and how many column
+slices an accumulator is cut into; every plan is checked against the limit here, and the estimate against the
+emulator's exact count on a variant of every kind: all held, operands streamed, accumulators sliced, 16-bit, float
+and widened bfloat tiles."""
 import pytest
 import torch
 
@@ -28,24 +29,27 @@ def test_no_planned_variant_passes_the_register_limit():
                                 assert 0 < launch.registers <= LIMIT, (family, dtype, E, Ev, launch.kernel)
 
 
-def test_dk_and_dv_split_only_past_the_limit():
-    def dkdv_outputs(E, Ev, dtype):
+def test_dk_and_dv_slice_only_past_the_limit():
+    def dkdv_slices(E, Ev, dtype):
         problem = variants.attention_problem("apple9", dtype, "none", head_dim=E, value_dim=Ev)
         backward = _C.plan_attention_backward(problem, False)
-        return [dict(l.defines)["MFA_DKDV_OUTPUTS"] for l in backward.launches if l.kernel.endswith("dkdv")]
-    assert dkdv_outputs(128, 128, "float16") == ["3"]  # both accumulators with K and V held
-    assert dkdv_outputs(128, 128, "float32") == ["3"]  # K streamed
-    assert dkdv_outputs(256, 256, "float16") == ["1", "2"]  # dV, then dK
+        (slices,) = [dict(l.defines)["MFA_SLICES"] for l in backward.launches if l.kernel.endswith("dkdv")]
+        return int(slices)
+    assert dkdv_slices(128, 128, "float16") == 1  # both accumulators whole with K and V held
+    assert dkdv_slices(128, 128, "float32") == 1  # K streamed
+    assert dkdv_slices(192, 192, "float16") == 1  # both streamed: 24 + 96 + a score tile and a dP tile 4 + 2 = 126
+    assert dkdv_slices(200, 200, "float16") == 2
+    assert dkdv_slices(512, 512, "float16") == 4
 
 
 CASES = [  # (family, dtype, E, Ev): what each variant exercises
-    ("apple9", torch.float16, 256, 256),  # 16-bit: Q streamed (forward, dQ), dO held; dV (K held) and dK apart
+    ("apple9", torch.float16, 256, 256),  # 16-bit: Q streamed (forward, dQ), dO held; dK and dV in 2 slices
     ("apple7", torch.bfloat16, 256, 256),  # widened bfloat: the same, held tiles widened at each use
     ("apple7", torch.float32, 128, 128),  # float tiles, everything held but K in dK/dV
     ("apple9", torch.float32, 8, 256),  # float tiles, V streamed in dK/dV
     ("apple9", torch.float16, 576, 512),  # O, dQ, dK and dV in column slices, every operand streamed
     ("apple7", torch.bfloat16, 512, 512),  # O in 4 slices sharing P, Q held (widened): exactly the limit
-    ("apple7", torch.float32, 576, 512),  # float tiles sliced, dQ staging K and V in chunks; dK reads dO from device
+    ("apple7", torch.float32, 576, 512),  # float tiles sliced, dQ (dK/dV) staging K and V (Q and dO) in chunks
 ]
 
 

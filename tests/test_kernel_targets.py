@@ -86,6 +86,19 @@ def test_sliced_forward_computes_each_product_and_exp_once(E, Ev, slices):
     assert not launch["spills"]
 
 
+def _sliced_backward_launch(E, Ev, kernel):
+    """The counters of one backward kernel's launch, fp16 at B = 1, H = 2, L = S = SLICED_L on Apple9's table."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(B, H, SLICED_L, E, generator=gen).half() for _ in range(2))
+    v = torch.randn(B, H, SLICED_L, Ev, generator=gen).half()
+    args = (None, None, None, None, SLICED_L, SLICED_L, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
+    out, stats = metal_attention.forward(ROUTE, q, k, v, *args, family="apple9")
+    with profile() as prof:
+        metal_attention.backward(ROUTE, torch.randn_like(out), q, k, v, out, stats, *args, False, family="apple9")
+    (launch,) = [launch for launch in prof.launches if launch["kernel"] == kernel]
+    return launch
+
+
 @pytest.mark.parametrize("E, Ev", [(512, 512), (576, 512)])
 def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
     """Counts known by hand for dQ in 2 column slices sharing each 64-key block's dS: every product of S = Q K^T,
@@ -94,14 +107,7 @@ def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
     streams its rows' Q and dO once per block. Threadgroup memory: each staged element written once, one staged tile
     read per product (K's and V's chunks written whole), dS stored once and loaded by each slice for each K chunk
     holding its columns."""
-    gen = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(B, H, SLICED_L, E, generator=gen).half() for _ in range(2))
-    v = torch.randn(B, H, SLICED_L, Ev, generator=gen).half()
-    args = (None, None, None, None, SLICED_L, SLICED_L, E ** -0.5, -1, -1, False, 0.0, 0.0, None)
-    out, stats = metal_attention.forward(ROUTE, q, k, v, *args, family="apple9")
-    with profile() as prof:
-        metal_attention.backward(ROUTE, torch.randn_like(out), q, k, v, out, stats, *args, False, family="apple9")
-    (launch,) = [launch for launch in prof.launches if launch["kernel"] == "attention_backward_dq"]
+    launch = _sliced_backward_launch(E, Ev, "attention_backward_dq")
     d = launch["defines"]
     slice_dim, k_chunks, v_chunks = int(d["MFA_SLICE_DIM"]), int(d["MFA_K_CHUNKS"]), int(d["MFA_V_CHUNKS"])
     assert -(-E // slice_dim) == 2 and d["MFA_BLOCK_K"] == "64" and d["MFA_STREAM_Q"] == d["MFA_STREAM_DO"] == "1"
@@ -112,7 +118,7 @@ def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
     threadgroups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
     k_chunk = -(-E // (8 * k_chunks)) * 8
     staged_columns = E + k_chunk * (k_chunks - 1) + Ev  # K, K's chunks staged again for dQ, V
-    rows_read = (q.numel() + out.numel()) * 2 * 2 * blocks  # Q and dO, by each slice for each block
+    rows_read = rows * (E + Ev) * 2 * 2 * blocks  # Q and dO, by each slice for each block
     dq_and_stats = rows * E * 2 + threads * 12  # dQ written; each thread reads its row's stats and delta
     assert launch["device_bytes"] == threadgroups * SLICED_L * staged_columns * 2 + rows_read + dq_and_stats
     chunks_of_slice = [sum(c * k_chunk < (s + 1) * slice_dim and s * slice_dim < (c + 1) * k_chunk
@@ -124,6 +130,44 @@ def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
                                            + scores * 4 + ds_loads * 256)
     # per block: two barriers a V and a K chunk, one for the last K chunk's dQ, two for each chunk staged again
     assert launch["barriers"] == threadgroups * blocks * (2 * (v_chunks + k_chunks) + 1 + 2 * (k_chunks - 1))
+    assert not launch["spills"]
+
+
+@pytest.mark.parametrize("E, Ev", [(512, 512), (576, 512)])
+def test_sliced_dkdv_computes_each_product_and_exp_once(E, Ev):
+    """Counts known by hand for dK and dV in 4 column slices sharing each 64-query block's P^T and dS^T: every product
+    of S^T = K Q^T, dP^T = V dO^T, dV = P^T dO and dK = dS^T Q exactly once, one exp per score and one division
+    (1 / sum) per query of a block in each threadgroup; Q read from device memory twice per block (for S^T and for
+    dK), dO once (each chunk serves dP^T and dV); each SIMD-group streams its keys' K and V once per block.
+    Threadgroup memory: each staged element written once, one staged tile read per product, each score's softmax
+    stats and D read once, P^T and dS^T stored once and loaded by each slice for each chunk holding its columns."""
+    launch = _sliced_backward_launch(E, Ev, "attention_backward_dkdv")
+    d = launch["defines"]
+    slices, q_chunks, do_chunks = int(d["MFA_SLICES"]), int(d["MFA_Q_CHUNKS"]), int(d["MFA_DO_CHUNKS"])
+    assert slices == 4 and d["MFA_BLOCK_Q"] == "64" and d["MFA_BLOCK_KV"] == "16"
+    assert d["MFA_STREAM_K"] == d["MFA_STREAM_V"] == "1"
+    scores, keys, blocks = B * H * SLICED_L * SLICED_L, B * H * SLICED_L, SLICED_L // 64
+    threadgroups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
+    queries_staged = threadgroups * blocks * 64  # each block's queries in every threadgroup
+    assert launch["mma"] == scores // 64 * (2 * E + 2 * Ev) // 8
+    assert launch["transcendentals"] == scores + queries_staged and launch["divisions"] == queries_staged
+    q_chunk, do_chunk = (-(-dim // (8 * n)) * 8 for dim, n in ((E, q_chunks), (Ev, do_chunks)))
+    staged_columns = 2 * E + Ev  # Q twice, dO once
+    streamed = keys * blocks * slices * (E + Ev) * 2  # K and V, by each slice for each block
+    dk_dv = keys * (E + Ev) * 2
+    assert launch["device_bytes"] == queries_staged * (staged_columns * 2 + 12) + streamed + dk_dv
+    def chunks_of_slices(dim, chunk, chunks):  # over the slices, the chunks holding some of each one's columns
+        width = -(-dim // (8 * slices)) * 8
+        return sum(c * chunk < (i + 1) * width and i * width < (c + 1) * chunk
+                   for i in range(slices) for c in range(chunks))
+    loaded = chunks_of_slices(E, q_chunk, q_chunks) + chunks_of_slices(Ev, do_chunk, do_chunks)
+    score_loads = keys // 8 * blocks * loaded * 8  # per row group, block, slice and chunk: 8 tiles
+    written_columns = q_chunk * 2 * q_chunks + do_chunk * do_chunks  # whole chunks, a short last one zero-filled
+    assert launch["threadgroup_bytes"] == (queries_staged * (written_columns * 2 + 12) + scores * 12
+                                           + launch["mma"] * 128 + scores * 8 + score_loads * 256)
+    # per block: two a chunk of Q, of dO and of Q again for dK (the first Q chunk's first one also guards the stats,
+    # the second pass's first one also guards dS^T replacing P^T)
+    assert launch["barriers"] == threadgroups * blocks * (4 * q_chunks + 2 * do_chunks)
     assert not launch["spills"]
 
 

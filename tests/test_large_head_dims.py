@@ -1,10 +1,10 @@
 """Head dims past 256 on the Metal kernels: E to 576 and Ev to 512 (DeepSeek V2/V3's absorbed latent attention has
 E = 576, Ev = 512), forward and backward under the emulator against the fp64 oracle with the 2x-PyTorch-error rule.
 
-Where an accumulator (O, dQ, dK or dV) would pass the register limit, the planners cut it into column slices (O: one
-SIMD-group each, sharing each block's P; dQ: one SIMD-group each, sharing each block's dS, K and V staged in chunks;
-dK, dV: one threadgroup each); where float tiles pass the threadgroup memory, dK's dP reads dO from device memory. Each
-case asserts the paths its plans take, so a planner change cannot quietly move it off them."""
+Where an accumulator (O, dQ, or dK and dV) would pass the register limit, the planners cut it into column slices, one
+SIMD-group each, sharing each block's scores (O: P; dQ: dS, K and V staged in chunks; dK and dV: P^T and dS^T, Q and
+dO staged in chunks). Each case asserts the paths its plans take, so a planner change cannot quietly move it off
+them."""
 import pytest
 import torch
 
@@ -19,38 +19,31 @@ pytestmark = pytest.mark.emulator
 FLOAT_MASK = object()  # a random float mask of the call's shape, with its gradient
 
 
-def _paths(plans):
-    """Which kernels cut their accumulator into slices, and which read dP's operand from device memory."""
-    sliced, from_device = set(), set()
+def _sliced(plans):
+    """The kernels that cut their accumulators into column slices."""
+    sliced = set()
     for launch in (launch for plan in plans for launch in plan.launches):
         d = dict(launch.defines)
-        if "MFA_SLICE_DIM" not in d:
-            continue
-        columns = {"attention_forward": d["MFA_VALUE_DIM"], "attention_backward_dq": d["MFA_HEAD_DIM"]}.get(
-            launch.kernel, {"1": d["MFA_VALUE_DIM"], "2": d["MFA_HEAD_DIM"]}.get(d.get("MFA_DKDV_OUTPUTS"), "0"))
         name = launch.kernel.removeprefix("attention_").removeprefix("backward_")
-        if name == "dkdv":
-            name = {"1": "dv", "2": "dk", "3": "dkdv"}[d["MFA_DKDV_OUTPUTS"]]
-        if int(columns) > int(d["MFA_SLICE_DIM"]):
+        columns = {"forward": "MFA_VALUE_DIM", "dq": "MFA_HEAD_DIM"}.get(name)
+        if (columns and int(d[columns]) > int(d["MFA_SLICE_DIM"])) or int(d.get("MFA_SLICES", 1)) > 1:
             sliced.add(name)
-        if d.get("MFA_DP_FROM_DEVICE") == "1":
-            from_device.add(name)
-    return sliced, from_device
+    return sliced
 
 
-EVERY_ACCUMULATOR = {"forward", "dq", "dk", "dv"}
-CASES = [  # (family, dtype, E, Ev, options, sliced, dP from device)
-    ("apple9", torch.float16, 576, 512, dict(is_causal=True), EVERY_ACCUMULATOR, set()),
-    ("apple7", torch.float32, 576, 512, dict(window_size=(6, 3)), EVERY_ACCUMULATOR, {"dk"}),
-    ("apple7", torch.bfloat16, 517, 389, dict(softcap=20.0), {"dq", "dk"}, set()),  # bfloat widened on M1
-    ("apple9", torch.float32, 1, 512, dict(is_causal=True), {"forward", "dv"}, set()),
-    ("apple9", torch.float16, 512, 512, dict(mask=FLOAT_MASK), EVERY_ACCUMULATOR, set()),  # and the mask's gradient
+EVERY_ACCUMULATOR = {"forward", "dq", "dkdv"}
+CASES = [  # (family, dtype, E, Ev, options, sliced)
+    ("apple9", torch.float16, 576, 512, dict(is_causal=True), EVERY_ACCUMULATOR),
+    ("apple7", torch.float32, 576, 512, dict(window_size=(6, 3)), EVERY_ACCUMULATOR),
+    ("apple7", torch.bfloat16, 517, 389, dict(softcap=20.0), {"dq", "dkdv"}),  # bfloat widened on M1
+    ("apple9", torch.float32, 1, 512, dict(is_causal=True), {"forward", "dkdv"}),  # dK's second slice holds none
+    ("apple9", torch.float16, 512, 512, dict(mask=FLOAT_MASK), EVERY_ACCUMULATOR),  # and the mask's gradient
 ]
 
 
-@pytest.mark.parametrize("family, dtype, E, Ev, options, sliced, from_device", CASES,
+@pytest.mark.parametrize("family, dtype, E, Ev, options, sliced", CASES,
                          ids=lambda x: str(x).removeprefix("torch.") if not isinstance(x, (dict, set)) else None)
-def test_large_head_dims_forward_and_backward(monkeypatch, family, dtype, E, Ev, options, sliced, from_device):
+def test_large_head_dims_forward_and_backward(monkeypatch, family, dtype, E, Ev, options, sliced):
     monkeypatch.setenv("MFA_TORCH_GPU_FAMILY", family)
     plans = recorded_plans(monkeypatch)
     shapes = {"q": (1, 4, 13, E), "k": (1, 2, 21, E), "v": (1, 2, 21, Ev)}
@@ -61,7 +54,7 @@ def test_large_head_dims_forward_and_backward(monkeypatch, family, dtype, E, Ev,
         assert mfa_torch.explain(*(torch.empty(s) for s in shapes.values()), enable_gqa=True).startswith(
             "route: emulator")
         sdpa_check(shapes, dtype, return_lse=True, **options)
-    assert _paths(plans) == (sliced, from_device)
+    assert _sliced(plans) == sliced
 
 
 def test_latent_attention_decoding_with_sinks():
@@ -105,14 +98,14 @@ def test_varlen_with_the_largest_head_dims(monkeypatch):
         for name, a, r, t in zip(("out", "dq", "dk", "dv"), ours, refs, t_all):
             assert_rule(name, a[start:start + n].transpose(0, 1)[None], t, r, torch.float16)
         start += n
-    assert _paths(plans)[0] == EVERY_ACCUMULATOR
+    assert _sliced(plans) == EVERY_ACCUMULATOR
 
 
 @pytest.mark.skipif(not FULL_MATRIX, reason="checked builds of these variants take minutes: MFA_TORCH_FULL_MATRIX=1")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
 def test_largest_head_dims_under_the_bounds_checker(dtype):
-    """checks="bounds" (exact-size buffers): the slices' column offsets, dQ's chunks of K and V and dK's device reads
-    of dO (float32) stay inside their tensors; E = 572, Ev = 508 leave the padded last tiles and chunks partial."""
+    """checks="bounds" (exact-size buffers): the slices' column offsets, dQ's chunks of K and V and dK/dV's chunks of
+    Q and dO stay inside their tensors; E = 572, Ev = 508 leave the padded last tiles and chunks partial."""
     g = torch.Generator().manual_seed(3)
     B, Hq, Hk, L, S, E, Ev = 1, 2, 1, 11, 19, 572, 508
     q, k = torch.randn(B, Hq, L, E, generator=g).to(dtype), torch.randn(B, Hk, S, E, generator=g).to(dtype)

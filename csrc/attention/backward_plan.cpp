@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
-#include <vector>
 
 #include "attention/block_table.h"
 #include "gpu_family.h"
@@ -97,50 +96,51 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
                                            tensor_argument(MFA_ATTN_DMASK, bound_or_q(mask_grad, "dmask"))});
   plan.launches.push_back(dq);
 
-  // dK/dV: a short key range shrinks the threadgroup too (8 keys per SIMD-group).
-  const int64_t block_kv = std::min<int64_t>(blocks.dkdv_block_kv, std::max<int64_t>(16, round_up(keys, 8)));
-  // dK and dV in one launch where their accumulators and operands fit under the limit, else one launch each, whose
-  // accumulator is cut into column slices (one threadgroup each) where it passes the limit with K and V streamed.
-  const uint32_t both = MFA_DKDV_DK | MFA_DKDV_DV, whole = std::max(shape.head_dim, shape.value_dim);
-  auto dkdv_streamed = [&](uint32_t outputs, uint32_t slice) {
-    return first_within_limit(
-        shape, [&](Streamed s) { return dkdv_registers(shape, outputs, s.first, s.second, slice); });
-  };
-  const Streamed together = dkdv_streamed(both, whole);
-  const bool one_launch = dkdv_registers(shape, both, together.first, together.second, whole) <= kRegisterLimit;
-  for (uint32_t outputs : one_launch ? std::vector<uint32_t>{both} : std::vector<uint32_t>{MFA_DKDV_DV, MFA_DKDV_DK}) {
-    const uint32_t columns = outputs == both ? whole : outputs == MFA_DKDV_DK ? shape.head_dim : shape.value_dim;
-    const uint32_t slice = outputs == both ? whole : widest_fitting_slice(columns, [&](uint32_t width) {
-      return dkdv_registers(shape, outputs, true, true, width) <= kRegisterLimit;
-    });
-    const Streamed streamed = dkdv_streamed(outputs, slice);
-    // The Q and dO tiles (a dV launch: its slice of dO), unless they pass the threadgroup memory: then a dK launch's
-    // dP reads dO from device memory (float inputs of E + Ev past 1016 only).
-    const uint64_t row_bytes = 3 * sizeof(float);  // each query's softmax max, 1 / sum and D
-    const uint64_t do_dim = outputs & MFA_DKDV_DK ? shape.value_dim : slice;
-    const bool dp_from_device =
-        blocks.dkdv_block_q * ((shape.head_dim + do_dim) * element_bytes + row_bytes) > kThreadgroupMemoryLimit;
-    const uint64_t do_tile_dim = dp_from_device ? 0 : do_dim;
-    Launch dkdv = attention_kernel_launch(
-        prob, "attention_backward_dkdv",
-        {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(blocks.dkdv_block_q)},
-         {"MFA_SLICE_DIM", std::to_string(slice)}, {"MFA_DKDV_OUTPUTS", std::to_string(outputs)},
-         {"MFA_STREAM_K", streamed.first ? "1" : "0"}, {"MFA_STREAM_V", streamed.second ? "1" : "0"},
-         {"MFA_DP_FROM_DEVICE", dp_from_device ? "1" : "0"}},
-        {uint64_t(ceil_div(keys, block_kv) * ceil_div(columns, slice)), uint64_t(prob.kv_heads), uint64_t(sequences)},
-        block_kv);
-    dkdv.registers = dkdv_registers(shape, outputs, streamed.first, streamed.second, slice);
-    dkdv.threadgroup_memory = blocks.dkdv_block_q * ((shape.head_dim + do_tile_dim) * element_bytes + row_bytes);
-    dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
-    dkdv.arguments.insert(dkdv.arguments.end(),
-                          {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_DELTA, "delta"),
-                           tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv"),
-                           tensor_argument(MFA_ATTN_MASK_Q_LISTS, bound_or_q(prob.mask == "blocks", "mask_q_lists"))});
-    plan.launches.push_back(dkdv);
+  // dK/dV: one SIMD-group per 8 keys with both accumulators whole (K and V streamed as needed; a short key range
+  // shrinks the threadgroup too), unless that passes the limit with both streamed: then each row group's dK and dV
+  // are cut into column slices, one SIMD-group each, sharing P^T and dS^T, with the sliced kernels' blocks (a block of
+  // queries, keys to fill 8 SIMD-groups) and Q and dO staged in chunks of their head dims.
+  const bool dkdv_sliced = dkdv_registers(shape, true, true, 1) > kRegisterLimit;
+  const AttentionBlocks sliced_blocks = attention_sliced_blocks(parse_gpu_family(prob.family));
+  shape.block_k = dkdv_sliced ? sliced_blocks.block_k : blocks.dkdv_block_q;
+  const Streamed whole_dkdv_streamed =
+      first_within_limit(shape, [&](Streamed s) { return dkdv_registers(shape, s.first, s.second, 1); });
+  const DkDvSlices dkdv_slicing =
+      dkdv_sliced ? dkdv_slices(shape) : DkDvSlices{1, whole_dkdv_streamed.first, whole_dkdv_streamed.second};
+  const int64_t dkdv_block_q = shape.block_k;
+  const int64_t block_kv = std::min<int64_t>(
+      dkdv_sliced ? sliced_blocks.block_q / dkdv_slicing.slices : blocks.dkdv_block_kv,
+      std::max<int64_t>(dkdv_sliced ? 8 : 16, round_up(keys, 8)));
+  const uint32_t q_chunks = dkdv_sliced ? staged_k_chunks(shape.head_dim, uint32_t(dkdv_block_q), element_bytes) : 1;
+  const uint32_t do_chunks = dkdv_sliced ? staged_k_chunks(shape.value_dim, uint32_t(dkdv_block_q), element_bytes) : 1;
+  const uint64_t row_bytes = 3 * sizeof(float);  // each query's softmax max, 1 / sum and D
+  // Sliced: a chunk of Q or dO and the block's P^T or dS^T (float); else the whole Q and dO tiles.
+  const uint64_t dkdv_tile_bytes =
+      dkdv_sliced ? uint64_t(dkdv_block_q) * std::max(staged_k_chunk_width(shape.head_dim, q_chunks),
+                                                      staged_k_chunk_width(shape.value_dim, do_chunks)) *
+                            element_bytes + uint64_t(block_kv) * dkdv_block_q * sizeof(float)
+                  : uint64_t(dkdv_block_q) * dims * element_bytes;
+  Launch dkdv = attention_kernel_launch(
+      prob, "attention_backward_dkdv",
+      {{"MFA_BLOCK_KV", std::to_string(block_kv)}, {"MFA_BLOCK_Q", std::to_string(dkdv_block_q)},
+       {"MFA_SLICES", std::to_string(dkdv_slicing.slices)}, {"MFA_Q_CHUNKS", std::to_string(q_chunks)},
+       {"MFA_DO_CHUNKS", std::to_string(do_chunks)}, {"MFA_STREAM_K", dkdv_slicing.stream_k ? "1" : "0"},
+       {"MFA_STREAM_V", dkdv_slicing.stream_v ? "1" : "0"}},
+      {uint64_t(ceil_div(keys, block_kv)), uint64_t(prob.kv_heads), uint64_t(sequences)},
+      block_kv * dkdv_slicing.slices);
+  dkdv.registers = dkdv_registers(shape, dkdv_slicing.stream_k, dkdv_slicing.stream_v, dkdv_slicing.slices);
+  dkdv.threadgroup_memory = dkdv_tile_bytes + dkdv_block_q * row_bytes;
+  if (dkdv.threadgroup_memory > kThreadgroupMemoryLimit) {  // unsliced dK/dV comes with E + Ev <= 392
+    throw std::logic_error("attention backward: the dK/dV tiles pass the threadgroup memory");
   }
+  dkdv.arguments = attention_kernel_arguments(prob, params, "stats", "tile_count_dkdv");
+  dkdv.arguments.insert(dkdv.arguments.end(),
+                        {tensor_argument(MFA_ATTN_GRAD_OUT, "grad_out"), tensor_argument(MFA_ATTN_DELTA, "delta"),
+                         tensor_argument(MFA_ATTN_DK, "dk"), tensor_argument(MFA_ATTN_DV, "dv"),
+                         tensor_argument(MFA_ATTN_MASK_Q_LISTS, bound_or_q(prob.mask == "blocks", "mask_q_lists"))});
+  plan.launches.push_back(dkdv);
 
   if (prob.count_tiles) {
-    const Launch& dkdv = plan.launches.back();  // every dK/dV launch has the same grid
     plan.temporaries.push_back({"tile_count_dq", "int32", int64_t(dq.threadgroups[0] * dq.threadgroups[1] *
                                                                   dq.threadgroups[2])});
     plan.temporaries.push_back({"tile_count_dkdv", "int32", int64_t(dkdv.threadgroups[0] * dkdv.threadgroups[1] *

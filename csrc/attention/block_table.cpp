@@ -52,8 +52,9 @@ AttentionBackwardBlocks attention_backward_blocks(GpuFamily, uint32_t dims) {
   return kBackward[2].blocks;
 }
 
-// Sliced O or dQ (head dims past 256): 8 SIMD-groups (256 threads) share the staged tiles; 64 keys a block, so each
-// forward row's rescaling exp (once per slice) is spread over enough scores (<= 1 + 4 x slices / 64 per score).
+// Sliced O, dQ or dK/dV (large head dims): 8 SIMD-groups (256 threads) share the staged tiles; 64 keys (dK/dV:
+// queries) a block, so each forward row's rescaling exp (once per slice) is spread over enough scores (<= 1 + 4 x
+// slices / 64 per score).
 AttentionBlocks attention_sliced_blocks(GpuFamily) { return {64, 64}; }
 
 uint32_t staged_k_chunks(uint32_t head_dim, uint32_t block_k, uint32_t element_bytes) {

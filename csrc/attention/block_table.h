@@ -16,8 +16,9 @@ struct AttentionBlocks {
 // the inputs (4 or 2), the type the K/V tile is staged in.
 AttentionBlocks attention_forward_blocks(GpuFamily family, uint32_t dim, uint32_t element_bytes);
 
-// The blocks of a forward or dQ kernel whose accumulator (O, dQ) is cut into column slices, one SIMD-group each:
-// block_q is 8 x the SIMD-groups (rows x slices), block_k the keys that the slices of a row group share.
+// The blocks of a kernel whose accumulator (O, dQ, or dK and dV) is cut into column slices, one SIMD-group each:
+// block_q is 8 x the SIMD-groups (rows, or keys for dK/dV, x slices), block_k the keys (queries) that the slices
+// of a row group share.
 AttentionBlocks attention_sliced_blocks(GpuFamily family);
 
 // The forward stages K in chunks of its (padded) head dim and V in runs of keys, each at most kForwardTileBytes of

@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "attention_params.h"
-
 namespace mfa {
 namespace {
 
@@ -34,15 +32,14 @@ uint32_t forward_registers(const AttentionTileShape& s, bool stream_q, uint32_t 
   return kRegisterAllowance + held_tiles + body;
 }
 
-bool shares_key_tiles(uint32_t dim, uint32_t width, uint32_t key_tiles) {
-  const uint32_t slices = (dim + width - 1) / width;
+bool shares_key_tiles(uint32_t slices, uint32_t key_tiles) {
   return slices > 1 && slices <= 4 && key_tiles % slices == 0;
 }
 
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& s) {
   for (const bool stream_q : {false, true}) {
     const auto fits = [&](uint32_t width) {
-      return shares_key_tiles(s.value_dim, width, tiles(s.block_k)) &&
+      return shares_key_tiles((s.value_dim + width - 1) / width, tiles(s.block_k)) &&
              forward_registers(s, stream_q, width) <= kRegisterLimit;
     };
     const uint32_t width = widest_fitting_slice(s.value_dim, fits);
@@ -70,7 +67,7 @@ DqSlices dq_slices(const AttentionTileShape& s) {
   for (const std::pair<bool, bool>& streamed :
        {std::pair{false, false}, std::pair{q_larger, !q_larger}, std::pair{true, true}}) {
     const auto fits = [&](uint32_t width) {
-      return shares_key_tiles(s.head_dim, width, tiles(s.block_k)) &&
+      return shares_key_tiles((s.head_dim + width - 1) / width, tiles(s.block_k)) &&
              dq_registers(s, streamed.first, streamed.second, width) <= kRegisterLimit;
     };
     const uint32_t width = widest_fitting_slice(s.head_dim, fits);
@@ -80,18 +77,35 @@ DqSlices dq_slices(const AttentionTileShape& s) {
   throw std::logic_error("attention backward: no column slicing of dQ fits the register limit");
 }
 
-uint32_t dkdv_registers(const AttentionTileShape& s, uint32_t outputs, bool stream_k, bool stream_v,
-                        uint32_t slice_dim) {
-  const bool dk = outputs & MFA_DKDV_DK, dv = outputs & MFA_DKDV_DV, both = dk && dv;
-  const uint32_t dk_dim = both ? s.head_dim : slice_dim, dv_dim = both ? s.value_dim : slice_dim;
-  const uint32_t held_tiles = held(s, s.head_dim, stream_k) + (dk ? held(s, s.value_dim, stream_v) : 0) +
-                              (dk ? tiles(dk_dim) * kFloatTile : 0) + (dv ? tiles(dv_dim) * kFloatTile : 0) +
-                              kFloatTile;  // K, V, dK, dV, the score tile
-  // S^T = K Q^T: a K tile in use and a Q tile; dP^T = V dO^T (dK only): the dP tile, a V tile in use and a dO tile;
-  // the dV and dK products: one staged tile (and the dP tile).
+uint32_t slice_width(uint32_t dim, uint32_t slices) { return (dim + 8 * slices - 1) / (8 * slices) * 8; }
+
+uint32_t dkdv_registers(const AttentionTileShape& s, bool stream_k, bool stream_v, uint32_t slices) {
+  const uint32_t score_tiles = slices > 1 ? tiles(s.block_k) / slices : 1;
+  const uint32_t held_tiles = held(s, s.head_dim, stream_k) + held(s, s.value_dim, stream_v) +
+                              (tiles(slice_width(s.head_dim, slices)) + tiles(slice_width(s.value_dim, slices))) *
+                                  kFloatTile +
+                              (slices > 1 ? 3 : 1) * score_tiles * kFloatTile;  // K, V, dK, dV, S^T (sliced: P^T, dP^T)
+  // S^T = K Q^T: a K tile in use and a Q tile; dP^T = V dO^T: (unsliced, the dP tile) a V tile in use and a dO tile;
+  // the dV and dK products: one staged tile (and, sliced, the P^T or dS^T tile loaded, or P^T * dropout stored).
   const uint32_t scores = in_use(s, stream_k) + s.operand_registers;
-  const uint32_t dp = dk ? kFloatTile + in_use(s, stream_v) + s.operand_registers : 0;
-  return kRegisterAllowance + held_tiles + std::max(scores, dp);
+  const uint32_t dp = (slices > 1 ? 0 : kFloatTile) + in_use(s, stream_v) + s.operand_registers;
+  const uint32_t products = (slices > 1 ? kFloatTile : 0) + s.operand_registers;
+  return kRegisterAllowance + held_tiles + std::max({scores, dp, products});
+}
+
+DkDvSlices dkdv_slices(const AttentionTileShape& s) {
+  const bool k_larger = s.head_dim >= s.value_dim;
+  for (uint32_t slices = 2; slices <= 4; slices++) {
+    for (const std::pair<bool, bool>& streamed :
+         {std::pair{false, false}, std::pair{k_larger, !k_larger}, std::pair{true, true}}) {
+      if (shares_key_tiles(slices, tiles(s.block_k)) &&
+          dkdv_registers(s, streamed.first, streamed.second, slices) <= kRegisterLimit) {
+        return {slices, streamed.first, streamed.second};
+      }
+    }
+  }
+  // 4 slices with K and V streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
+  throw std::logic_error("attention backward: no column slicing of dK and dV fits the register limit");
 }
 
 }  // namespace mfa

@@ -18,7 +18,7 @@ struct AttentionTileShape {
   uint32_t operand_registers = 1;  // per operand tile: 1 for 16-bit tiles, 2 for float (float32, bfloat before Apple9)
   uint32_t held_registers = 1;     // per tile held in the input type: 1 for 16-bit inputs, 2 for float32
   bool widened_bfloat = false;     // bfloat operands widened to float where they are loaded or used
-  uint32_t block_k = 0;            // the forward's keys per block (its score tiles)
+  uint32_t block_k = 0;            // keys (forward, dQ) or queries (dK/dV) per block: its score tiles
 };
 
 // attention_forward with Q held (or streamed), `out_dim` columns of O per SIMD-group (MFA_SLICE_DIM): with more than
@@ -28,10 +28,9 @@ uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q, uint3
 // SIMD-groups share each staged tile), else streamed; the widest slice of O within the limit whose count divides the
 // block's key tiles (each slice scores whole tiles).
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& shape);
-// Whether `width`-column slices of an accumulator of `dim` columns can share a block of `key_tiles` score tiles:
-// 2 to 4 slices (so at least two row groups of a threadgroup's 8 SIMD-groups share each staged tile), each scoring
-// whole tiles.
-bool shares_key_tiles(uint32_t dim, uint32_t width, uint32_t key_tiles);
+// Whether `slices` column slices of an accumulator can share a block of `key_tiles` score tiles: 2 to 4 slices (so at
+// least two row groups of a threadgroup's 8 SIMD-groups share each staged tile), each scoring whole tiles.
+bool shares_key_tiles(uint32_t slices, uint32_t key_tiles);
 // attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per SIMD-group: with more than one
 // slice, each computes S and dP for shape.block_k / slices keys of a block and loads dS's tiles from threadgroup
 // memory; a single slice computes one key tile at a time.
@@ -43,10 +42,22 @@ struct DqSlices {
 // A sliced dQ's slices: Q and dO held while they fit (the one of the larger head dim streamed first), the widest
 // slice of dQ within the limit, at most 4 slices whose count divides the block's key tiles.
 DqSlices dq_slices(const AttentionTileShape& shape);
-// attention_backward_dkdv computing dK and/or dV (MFA_DKDV_OUTPUTS bits), K and V held or streamed; a one-output
-// launch holds `slice_dim` columns of its accumulator, a launch of both holds them whole.
-uint32_t dkdv_registers(const AttentionTileShape& shape, uint32_t outputs, bool stream_k, bool stream_v,
-                        uint32_t slice_dim);
+// attention_backward_dkdv with K and V held or streamed, dK and dV each cut into `slices` column slices
+// (slice_width), a SIMD-group each: with more than one, each computes S^T and dP^T for shape.block_k / slices queries
+// of a block and loads P^T's and dS^T's tiles from threadgroup memory; a single slice computes one query tile at a
+// time.
+uint32_t dkdv_registers(const AttentionTileShape& shape, bool stream_k, bool stream_v, uint32_t slices);
+// The columns of each of `slices` slices of an accumulator of `dim` columns: whole tiles, the last slices may hold
+// fewer or none.
+uint32_t slice_width(uint32_t dim, uint32_t slices);
+struct DkDvSlices {
+  uint32_t slices;
+  bool stream_k, stream_v;
+};
+// A sliced dK/dV's slices: the fewest within the limit (2 to 4, a count that divides the block's query tiles: fewer
+// slices share each staged Q and dO tile among more keys, which saves more than holding K or V), with K and V held
+// while they fit (the one of the larger head dim streamed first).
+DkDvSlices dkdv_slices(const AttentionTileShape& shape);
 
 // The widest column slice of an accumulator of `dim` columns (a multiple of 8) for which `fits(width)`: the whole,
 // else halves, thirds, ... rounded up to whole 8-column tiles (the last slice may be narrower); 8 if none fits.

@@ -148,9 +148,8 @@ void test_register_estimates() {
   // float16, E = Ev = 128, everything held: 24 + K 16 + V 16 + dK 32 + dV 32 + S 2 + (dP 2 + dO 1) = 125.
   AttentionTileShape half128;
   half128.head_dim = half128.value_dim = 128;
-  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DK | MFA_DKDV_DV, false, false, 128), 125u);
-  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DV, false, false, 128), 24u + 16 + 32 + 2 + 1);  // no V, dK or dP
-  CHECK_EQ(dkdv_registers(half128, MFA_DKDV_DV, false, false, 64), 24u + 16 + 16 + 2 + 1);  // half of dV's columns
+  CHECK_EQ(dkdv_registers(half128, false, false, 1), 125u);
+  CHECK_EQ(dkdv_registers(half128, true, true, 1), 24u + 32 + 32 + 2 + 2 + 1 + 1);  // a V and a dO tile in use
   // The forward with 64-key blocks: 24 + Q 16 + O 32 + S 16 + zeroing a score tile 2 = 90; Q streamed: 24 + O 32 +
   // S 16 + a Q and a K tile 2 = 74.
   half128.block_k = 64;
@@ -190,6 +189,34 @@ void test_dq_slices() {
   slices = dq_slices(shape);
   CHECK_EQ(slices.dq_dim, 288u);
   CHECK(slices.stream_q && slices.stream_do);
+}
+
+void test_dkdv_slices() {
+  // half, 64-query blocks: the fewest slices within the limit, K and V held while they fit.
+  struct Case {
+    uint32_t head_dim, value_dim, slices, registers;
+  };
+  const Case cases[] = {
+      // 2 slices would take 24 + dK, dV 128 + S^T, P^T, dP^T 24 + a P^T and a Q tile 3 = 179 with K and V streamed,
+      // so 4: 24 + dK, dV 64 + S^T, P^T, dP^T 12 + 3 = 103 (V held: + 64).
+      {512, 512, 4, 103},
+      // 2 slices with both streamed, before 4 holding V (24 + V 32 + 32 + 12 + 3 = 103).
+      {256, 256, 2, 24 + 64 + 24 + 3},
+      // 4 slices of 144 and 128 columns, both streamed: 24 + (18 + 16) x 2 + 12 + 3.
+      {576, 512, 4, 107},
+  };
+  for (const Case& c : cases) {
+    AttentionTileShape shape;
+    shape.head_dim = c.head_dim;
+    shape.value_dim = c.value_dim;
+    shape.block_k = 64;
+    const DkDvSlices slices = dkdv_slices(shape);
+    CHECK_EQ(slices.slices, c.slices);
+    CHECK(slices.stream_k && slices.stream_v);
+    CHECK_EQ(dkdv_registers(shape, true, true, c.slices), c.registers);
+  }
+  CHECK_EQ(slice_width(576, 4), 144u);
+  CHECK_EQ(slice_width(8, 2), 8u);  // the second of two slices of 8 columns holds none
 }
 
 void test_sliced_forward_tiles() {
@@ -548,6 +575,7 @@ int main(int argc, char** argv) {
       {"widest_fitting_slice", test_widest_fitting_slice},
       {"sliced_forward_tiles", test_sliced_forward_tiles},
       {"dq_slices", test_dq_slices},
+      {"dkdv_slices", test_dkdv_slices},
       {"attention_forward_plan", test_attention_forward_plan},
       {"attention_forward_split_kv", test_attention_forward_split_kv},
       {"attention_forward_varlen", test_attention_forward_varlen},
