@@ -159,30 +159,34 @@ def _build_once(artefact, make):
             os.replace(make(pathlib.Path(tmp)), artefact)
 
 
-def _precompiled_shim(flags):
-    """A directory holding metal_stdlib.gch for these flags: parsing the shim's headers is a third of
-    every compile, so they are compiled once (g++ picks the .gch up in the first -I directory)."""
+def _prebuilt(flags):
+    """A directory holding, for these flags, the shim precompiled (metal_stdlib.gch: parsing its headers is a third
+    of every compile; g++ picks the .gch up in the first -I directory) and the runtime's launch machinery compiled
+    (runtime.o, runtime/definitions.cpp: its code generation was most of a small kernel's compile), each once."""
     key = hashlib.sha256("\0".join([shim_version(), " ".join(flags)]).encode()).hexdigest()[:16]
     directory = cache_dir() / f"pch-{key}"
     directory.mkdir(exist_ok=True)
 
-    def make(tmp):
-        output = tmp / "metal_stdlib.gch"
-        command = ["g++", *flags, "-x", "c++-header", str(SHIM_DIR / "metal_stdlib"), "-o", str(output)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CompileError(f"the emulator's shim does not compile:\n{_trim(_relevant(result.stderr))}")
-        return output
+    def make(source, mode, name):
+        def run(tmp):
+            output = tmp / name
+            result = subprocess.run(["g++", *flags, *mode, str(source), "-o", str(output)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise CompileError(f"the emulator's shim does not compile:\n{_trim(_relevant(result.stderr))}")
+            return output
+        return run
 
-    _build_once(directory / "metal_stdlib.gch", make)
+    _build_once(directory / "metal_stdlib.gch", make(SHIM_DIR / "metal_stdlib", ["-x", "c++-header"], "metal_stdlib.gch"))
+    _build_once(directory / "runtime.o", make(RUNTIME_DIR / "definitions.cpp", ["-c"], "runtime.o"))
     return directory
 
 
 def _compile(unit, flags, output):
     source = output.with_name("unit.cpp")
     source.write_text(unit)
-    precompiled = ["-I", str(_precompiled_shim([f for f in flags if f != "-shared"]))]
-    libraries = ["-lpthread", "-ldl", "-lrt"]
+    prebuilt = _prebuilt([f for f in flags if f != "-shared"])
+    precompiled = ["-I", str(prebuilt)]
+    libraries = [str(prebuilt / "runtime.o"), "-lpthread", "-ldl", "-lrt"]
     if "-DMSL_PROFILE" in flags:  # compiled instrumented, linked without the sanitizer's runtime
         objects = output.with_name("unit.o")
         commands = [["g++", *precompiled, *[f for f in flags if f != "-shared"], "-c", str(source), "-o", str(objects)],

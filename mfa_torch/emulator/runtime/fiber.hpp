@@ -5,11 +5,13 @@
 #include <cstddef>
 #include <cstdint>
 
-extern "C" void msl_fiber_switch(void** save_sp, void* resume_sp);
+extern "C" __attribute__((visibility("hidden"))) void msl_fiber_switch(void** save_sp, void* resume_sp);
 
+#if defined(MSL_RUNTIME_DEFINITIONS)
 asm(R"(
     .pushsection .text
     .globl msl_fiber_switch
+    .hidden msl_fiber_switch
     .type msl_fiber_switch,@function
 msl_fiber_switch:
     pushq %rbp
@@ -36,6 +38,7 @@ msl_fiber_switch:
     .size msl_fiber_switch,.-msl_fiber_switch
     .popsection
 )");
+#endif
 
 namespace msl_rt {
 

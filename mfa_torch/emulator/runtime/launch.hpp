@@ -24,7 +24,7 @@ extern "C" struct msl_launch {
   char error[4096];                 // out: first error, empty on success
 };
 
-#if defined(MSL_PROFILE)
+#if defined(MSL_PROFILE) && defined(MSL_RUNTIME_DEFINITIONS)
 extern "C" const int msl_profile_slots = msl_rt::profile_slots;  // checked against emulator/counters.py on load
 #endif
 
@@ -123,6 +123,12 @@ inline void finish_profile(Launch& l, const Tally& t, size_t threadgroup_memory)
 }
 #endif
 
+// Returns 0 on success, 1 with l.error set on a kernel error. Compiled once per set of compiler flags
+// (runtime/definitions.cpp) and linked into each kernel's library, not compiled with every kernel: its code
+// generation was most of a small kernel's compile. Hidden: each library runs its own copy.
+__attribute__((visibility("hidden"))) int launch(Launch& l, const Kernel& k);
+
+#if defined(MSL_RUNTIME_DEFINITIONS)
 inline void place_threadgroup(Group& g, uint64_t index) {
   const uint32_t* n = g.geo.groups;
   uint32_t pos[3] = {uint32_t(index % n[0]), uint32_t(index / n[0] % n[1]), uint32_t(index / (uint64_t(n[0]) * n[1]))};
@@ -134,8 +140,7 @@ inline void place_threadgroup(Group& g, uint64_t index) {
   }
 }
 
-// Returns 0 on success, 1 with l.error set on a kernel error.
-inline int launch(Launch& l, const Kernel& k) {
+int launch(Launch& l, const Kernel& k) {
   l.error[0] = 0;
   l.sync_points = 0;
   for (int d = 0; d < 3; d++)
@@ -207,5 +212,6 @@ inline int launch(Launch& l, const Kernel& k) {
 #endif
   return failed.load() ? 1 : 0;
 }
+#endif
 
 }  // namespace msl_rt

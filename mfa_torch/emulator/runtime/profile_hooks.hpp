@@ -89,6 +89,9 @@ struct Quiet {
 #define MSL_QUIET ::msl_rt::Quiet msl_quiet_scope
 
 // ---- ThreadSanitizer's instrumentation entry points, as counters ----------------------------------------------
+// Defined once, in the runtime's object (runtime/definitions.cpp), hidden: each kernel library counts into its own.
+#if defined(MSL_RUNTIME_DEFINITIONS)
+#pragma GCC visibility push(hidden)
 extern "C" {
 #define MSL_ACCESS(N)                                                                                                  \
   MSL_UNCOUNTED void __tsan_read##N(void* a) { ::msl_rt::count_access(a, N); }                                         \
@@ -145,6 +148,8 @@ MSL_ATOMICS(64, unsigned long long)
 MSL_UNCOUNTED void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 MSL_UNCOUNTED void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 }
+#pragma GCC visibility pop
+#endif
 
 #else
 #define MSL_COUNT(counter, n) ((void)0)
