@@ -249,6 +249,10 @@ def test_counter_rows_of_a_case_with_sinks_and_two_head_dims():
     assert set(totals) == {label + " fwd", label + " bwd"}
     (forward,) = [r for r in rows if r["kernel"] == "attention_forward"]
     assert forward["mma"] == (128 // 8) ** 2 * 3
+    # the per-MMA columns divide the launch's own counts
+    assert forward["device_bytes_per_mma"] == forward["device_bytes"] / forward["mma"]
+    assert forward["tg_bytes_per_mma"] == forward["threadgroup_bytes"] / forward["mma"]
+    assert forward["mma_per_barrier"] == forward["mma"] / forward["barriers"]
     assert totals[label + " fwd"]["useful_mma_fraction"] == 1.0
     tiles = (128 // 8) ** 2
     assert totals[label + " bwd"]["useful_mma_fraction"] == pytest.approx(8 * tiles / (11 * tiles + 128 // 8))

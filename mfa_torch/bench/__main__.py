@@ -49,7 +49,8 @@ ON_EMULATOR = [
     "and not counted.",
     "Work counters (mfa_torch.emulator.profile(), exact counts of the kernel code as written), per kernel launch, "
     "planned for each GPU family: tg_bytes_per_mma: threadgroup bytes read and written per 8x8x8 MMA; "
-    "device_access_bytes: mean bytes per device access (vector loads are wide); barriers_per_32_keys: threadgroup "
+    "device_bytes_per_mma: device bytes read and written per MMA; device_access_bytes: mean bytes per device access "
+    "(vector loads are wide); mma_per_barrier: MMAs per threadgroup barrier; barriers_per_32_keys: threadgroup "
     "barriers per threadgroup per 32 keys (GEMM: per 32 of K); transcendentals_per_score: exp, log, tanh and "
     "divisions per attention score; registers: tile registers alive at once plus an allowance (spills above 128).",
     "**model_us is a model, not a measurement** (mfa_torch/bench/model.py): a roofline over the matrix unit, "

@@ -14,8 +14,8 @@ from . import formulas, model
 from .progress import progress
 
 FAMILIES = ("apple7", "apple9")
-COUNTER_COLUMNS = ("case", "family", "kernel", "threadgroups", "mma", "tg_bytes_per_mma", "device_access_bytes",
-                   "barriers_per_32_keys", "transcendentals_per_score", "conversions", "registers", "spills",
+COUNTER_COLUMNS = ("case", "family", "kernel", "threadgroups", "mma", "tg_bytes_per_mma", "device_bytes_per_mma",
+                   "device_access_bytes", "mma_per_barrier", "barriers_per_32_keys", "transcendentals_per_score", "conversions", "registers", "spills",
                    "bound_by", "useful_mma_fraction", "model_us", "mfa_published_us")
 # kernel_counters.csv also holds every raw counter of each launch
 RAW_COLUMNS = ("threadgroup_memory", *counters.COUNTERS, "mma_by_type", "defines")
@@ -128,7 +128,9 @@ def _ratios(launch, keys=None, scores=None):
     groups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
     return {"threadgroups": groups, "mma": mma,
             "tg_bytes_per_mma": launch["threadgroup_bytes"] / mma if mma else None,
+            "device_bytes_per_mma": launch["device_bytes"] / mma if mma else None,
             "device_access_bytes": launch["device_bytes"] / launch["device_accesses"] if launch["device_accesses"] else None,
+            "mma_per_barrier": mma / launch["barriers"] if launch["barriers"] else None,
             "barriers_per_32_keys": launch["barriers"] / groups / (keys / 32) if keys else None,
             "transcendentals_per_score": launch["transcendentals"] / scores if scores else None,
             "conversions": launch["conversions"], "registers": launch["registers"], "spills": launch["spills"],
