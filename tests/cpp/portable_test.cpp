@@ -229,17 +229,21 @@ void test_sliced_forward_tiles() {
   CHECK_EQ(staged_v_rows(512, 64, 2), 16u);
   CHECK_EQ(staged_v_rows(512, 64, 4), 8u);
   CHECK_EQ(staged_v_rows(64, 128, 2), 128u);
-  // Slices of O: Q held where 4 slices or fewer let it (E = 512: 24 + Q 64 + O 32 + S 4 + a P and a V tile 3 = 127),
-  // else streamed (E = 576: 2 slices of 256).
+  // Slices of O: the fewest that fit, Q streamed if need be. E = 512: 4 slices of 128 with Q held would fit (24 + Q 64
+  // + O 32 + S 4 + a P and a V tile 3 = 127), but 2 of 256 fit with Q streamed; held, 2 slices take Q 64 + O 64.
   AttentionTileShape shape;
   shape.head_dim = shape.value_dim = 512;
   shape.block_k = 64;
-  CHECK_EQ(forward_slices(shape).first, 128u);
-  CHECK_EQ(forward_slices(shape).second, false);
   CHECK_EQ(forward_registers(shape, false, 128), 127u);
+  CHECK(forward_registers(shape, false, 256) > 128u);
+  CHECK_EQ(forward_slices(shape).first, 256u);
+  CHECK_EQ(forward_slices(shape).second, true);
   shape.head_dim = 576;
   CHECK_EQ(forward_slices(shape).first, 256u);
   CHECK_EQ(forward_slices(shape).second, true);
+  shape.head_dim = shape.value_dim = 320;  // 2 slices of 160 hold Q: 24 + Q 40 + O 40 + S 8 + 3 = 115
+  CHECK_EQ(forward_slices(shape).first, 160u);
+  CHECK_EQ(forward_slices(shape).second, false);
 }
 
 void test_widest_fitting_slice() {
