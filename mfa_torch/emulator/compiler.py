@@ -172,7 +172,7 @@ def _prebuilt(flags):
             output = tmp / name
             result = subprocess.run(["g++", *flags, *mode, str(source), "-o", str(output)], capture_output=True, text=True)
             if result.returncode != 0:
-                raise CompileError(f"the emulator's shim does not compile:\n{_trim(_relevant(result.stderr))}")
+                raise CompileError(f"the emulator's {source.name} does not compile:\n{_trim(_relevant(result.stderr))}")
             return output
         return run
 
