@@ -5,8 +5,9 @@
 // head kv_head * group + r % group), so each K/V tile is loaded once for the whole group and short queries
 // (decoding) still fill the SIMD-groups. A row group of 8 packed rows is owned by one SIMD-group, or, where O is too
 // wide for one SIMD-group's registers, by SLICES SIMD-groups that each own a column slice of O (MFA_SLICE_DIM
-// columns) and score 1/SLICES of the block's keys: their probabilities (P) meet in threadgroup memory, so each score
-// and its exp is computed once however many slices use it. O stays in registers as 8x8 float tiles and Q as operand
+// columns) and score half of the block's keys: each multiplies its half of the head dim (alternate tiles of Q and K)
+// for every key of the block and hands the other its partial scores, and their probabilities (P) meet in threadgroup
+// memory, so each product, score and exp is computed once and each Q element read once. O stays in registers as 8x8 float tiles and Q as operand
 // tiles (or, MFA_STREAM_Q, is read from device memory at each key block where that would take too many registers);
 // K is staged into threadgroup memory in MFA_K_CHUNKS chunks of its head dim and V MFA_V_ROWS keys at a time (16
 // bytes per access where their rows allow); operands are taken by the matrix unit in the input type (float for
@@ -42,7 +43,8 @@ using namespace metal;
 constant constexpr uint OUT_DIM = MFA_SLICE_DIM;  // a slice of O: one SIMD-group's columns
 constant constexpr uint SLICES = MFA_SLICES;
 constant constexpr uint THREADS = MFA_THREADS;
-constant constexpr uint KEY_TILES = MFA_BLOCK_K / 8 / SLICES;  // a SIMD-group's score tiles: its share of the keys
+constant constexpr uint BLOCK_TILES = MFA_BLOCK_K / 8;
+constant constexpr uint KEY_TILES = BLOCK_TILES / SLICES;  // a SIMD-group's score tiles: its share of the keys
 constant constexpr uint V_STRIDE = SLICES * OUT_DIM;            // a staged V row: every slice's columns
 // head-dim columns of K staged at once (whole tiles; the last chunk may hold fewer: staged_k_chunk_width)
 constant constexpr uint K_CHUNK = (MFA_HEAD_DIM + 8 * MFA_K_CHUNKS - 1) / (8 * MFA_K_CHUNKS) * 8;
@@ -55,6 +57,7 @@ static_assert(MFA_BLOCK_K % MFA_V_ROWS == 0 && MFA_V_ROWS % 8 == 0, "V is staged
 static_assert(KEY_TILES <= 16, "allowed_keys holds the 2 keys of each of a SIMD-group's 8-key tiles in one uint");
 // Slices share P (and their rows' maxima and sums) through threadgroup memory.
 #define MFA_SHARED_P (MFA_SLICE_DIM < MFA_VALUE_DIM)
+static_assert(SLICES <= 2, "a slice's partial scores for the other slice's keys have one place: P's");
 
 [[max_total_threads_per_threadgroup(MFA_THREADS)]]
 kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
@@ -80,7 +83,8 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   threadgroup uint4 kv_storage[TILE_ELEMENTS * sizeof(MFA_T) / 16];  // 16-byte aligned rows
   threadgroup MFA_T* const kv_tile = reinterpret_cast<threadgroup MFA_T*>(kv_storage);
 #if MFA_SHARED_P
-  threadgroup float p_tile[MFA_BLOCK_Q * MFA_BLOCK_K];  // the block's P, row-major, as float (the unshared P's type)
+  // the block's P, row-major, as float (the unshared P's type); first each slice's partial scores for the other's keys
+  threadgroup float p_tile[MFA_BLOCK_Q * MFA_BLOCK_K];
   threadgroup float row_parts[MFA_BLOCK_Q * SLICES];    // each slice's block max (and, at the end, partial sum)
 #endif
   const bool wide_q = p.wide_rows & 1u, wide_k = p.wide_rows & 2u, wide_v = p.wide_rows & 4u;
@@ -127,9 +131,9 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       v + attention_row_offset(p.v_strides, sq.tensor_batch, kv_head, sq.k_first), p.v_strides[2]};
 #endif
 
-  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
+  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q, SLICES> q_row_tiles(  // this slice's tiles of the row
       q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid, p.head_dim,
-      lane, wide_q);
+      lane, wide_q, slice);
   simdgroup_float8x8 o_tiles[OUT_DIM / 8];
   #pragma clang loop unroll(full)
   for (uint d = 0; d < OUT_DIM / 8; d++) o_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -155,9 +159,10 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #if MFA_COUNT_TILES
     computed++;
 #endif
-    simdgroup_float8x8 s_tiles[KEY_TILES];
+    // s_tiles[j]: key tile (first_tile + j) % BLOCK_TILES, this slice's own KEY_TILES first (then the other's)
+    simdgroup_float8x8 s_tiles[BLOCK_TILES];
     #pragma clang loop unroll(full)
-    for (uint j = 0; j < KEY_TILES; j++) s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    for (uint j = 0; j < BLOCK_TILES; j++) s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     #pragma clang loop unroll(full)
     for (uint d0 = 0; d0 < MFA_HEAD_DIM; d0 += K_CHUNK) {
       threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous V tile (or K chunk) is consumed
@@ -167,16 +172,34 @@ kernel void attention_forward(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
       // head dim outer: a streamed Q tile is loaded once per block
       #pragma clang loop unroll(full)
       for (uint d = d0 / 8; d < min(d0 + K_CHUNK, uint(MFA_HEAD_DIM)) / 8; d++) {
+        if (d % SLICES != slice) continue;  // the other slice's share of the head dim (the same in the SIMD-group)
         const thread mfa_operand_tile& q_t = q_row_tiles.tile(d);  // a reference: a held tile is not copied
         #pragma clang loop unroll(full)
-        for (uint j = 0; j < KEY_TILES; j++) {
+        for (uint j = 0; j < BLOCK_TILES; j++) {
           mfa_operand_tile k_t;
           // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-          mfa_load_operand(k_t, kv_tile + (first_tile + j) * 8 * K_CHUNK + d * 8 - d0, K_CHUNK, true, lane);
+          mfa_load_operand(k_t, kv_tile + (first_tile + j) % BLOCK_TILES * 8 * K_CHUNK + d * 8 - d0, K_CHUNK, true,
+                           lane);
           simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
         }
       }
     }
+#if MFA_SHARED_P
+    // Each slice's partial scores for the other's keys go to their places in P (whose last reads, the previous
+    // block's P V, are behind the K barriers); each then adds the other's partials to its own.
+    #pragma clang loop unroll(full)
+    for (uint j = KEY_TILES; j < BLOCK_TILES; j++) {
+      simdgroup_store(s_tiles[j], p_tile + row_group * 8 * MFA_BLOCK_K + (first_tile + j) % BLOCK_TILES * 8,
+                      MFA_BLOCK_K);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    #pragma clang loop unroll(full)
+    for (uint j = 0; j < KEY_TILES; j++) {
+      simdgroup_float8x8 partial;
+      simdgroup_load(partial, p_tile + row_group * 8 * MFA_BLOCK_K + (first_tile + j) * 8, MFA_BLOCK_K);
+      s_tiles[j].thread_elements() += partial.thread_elements();
+    }
+#endif
     const bool inside_band = attention_inside_band(p, sq, q_first, q_last, key0, key0 + MFA_BLOCK_K - 1);
     float block_max = MFA_MASKED_SCORE;
     uint allowed_keys = 0;  // bit 2 j + t: this lane's key (first_tile + j) * 8 + tile_col + t may be attended

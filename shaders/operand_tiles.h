@@ -56,34 +56,37 @@ inline void mfa_load_row_tile(thread metal::simdgroup_matrix<E, 8, 8>& tile, dev
   }
 }
 
-// The DIM / 8 tiles of this lane's row as operands (arguments as mfa_load_row_tile): held in registers in the input
+// The DIM / 8 tiles of this lane's row as operands (arguments as mfa_load_row_tile), or (EVERY > 1) its tiles
+// first, first + EVERY, ...: the share of the row one of EVERY SIMD-groups multiplies. Held in registers in the input
 // type, loaded once (and, MFA_BFLOAT_AS_FLOAT, widened at each use), or (STREAMED) loaded from device memory at each
 // use, where holding them would take more registers than the planner allows (csrc/attention/registers.h).
-template <uint DIM, bool STREAMED>
+template <uint DIM, bool STREAMED, uint EVERY = 1>
 struct mfa_row_operand {
-  mfa_input_tile tiles[DIM / 8];
-  mfa_row_operand(device const MFA_T* row, bool valid, uint cols, ushort lane, bool pairs) {
+  mfa_input_tile tiles[(DIM / 8 + EVERY - 1) / EVERY];  // tile d in tiles[d / EVERY]; zero past the row's end
+  mfa_row_operand(device const MFA_T* row, bool valid, uint cols, ushort lane, bool pairs, uint first = 0) {
     #pragma clang loop unroll(full)
-    for (uint d = 0; d < DIM / 8; d++) mfa_load_row_tile(tiles[d], row, valid, cols, d, lane, pairs);
+    for (uint i = 0; i < (DIM / 8 + EVERY - 1) / EVERY; i++) {
+      mfa_load_row_tile(tiles[i], row, valid, cols, first + i * EVERY, lane, pairs);
+    }
   }
 #if MFA_BFLOAT_AS_FLOAT
   mfa_operand_tile tile(uint d) const {
     mfa_operand_tile t;
-    t.thread_elements() = float2(tiles[d].thread_elements());
+    t.thread_elements() = float2(tiles[d / EVERY].thread_elements());
     return t;
   }
 #else
-  const thread mfa_operand_tile& tile(uint d) const { return tiles[d]; }
+  const thread mfa_operand_tile& tile(uint d) const { return tiles[d / EVERY]; }
 #endif
 };
-template <uint DIM>
-struct mfa_row_operand<DIM, true> {
+template <uint DIM, uint EVERY>
+struct mfa_row_operand<DIM, true, EVERY> {
   device const MFA_T* row;
   bool valid;
   uint cols;
   ushort lane;
   bool pairs;
-  mfa_row_operand(device const MFA_T* row, bool valid, uint cols, ushort lane, bool pairs)
+  mfa_row_operand(device const MFA_T* row, bool valid, uint cols, ushort lane, bool pairs, uint = 0)
       : row(row), valid(valid), cols(cols), lane(lane), pairs(pairs) {}
   mfa_operand_tile tile(uint d) const {
     mfa_operand_tile t;

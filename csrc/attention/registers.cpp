@@ -23,10 +23,11 @@ uint32_t in_use(const AttentionTileShape& s, bool streamed) {
 
 uint32_t forward_registers(const AttentionTileShape& s, bool stream_q, uint32_t out_dim) {
   const uint32_t slices = (s.value_dim + out_dim - 1) / out_dim;
-  const uint32_t held_tiles = held(s, s.head_dim, stream_q) + tiles(out_dim) * kFloatTile +
-                              tiles(s.block_k) / slices * kFloatTile;  // Q, O, the slice's scores
-  // Zeroing the score tiles (make_filled_simdgroup_matrix's tile); Q K^T: a Q tile in use and a K tile; P V: a V
-  // tile (and, sliced, the P tile loaded).
+  // Q (sliced: the slice's alternate tiles), O, and the block's score tiles (sliced: partial scores of every key)
+  const uint32_t held_tiles = (stream_q ? 0 : (tiles(s.head_dim) + slices - 1) / slices * s.held_registers) +
+                              tiles(out_dim) * kFloatTile + tiles(s.block_k) * kFloatTile;
+  // Zeroing the score tiles (make_filled_simdgroup_matrix's tile); Q K^T: a Q tile in use and a K tile; sliced, the
+  // other slice's partial scores loaded; P V: a V tile (and, sliced, the P tile loaded).
   const uint32_t pv = (slices > 1 ? kFloatTile : 0) + s.operand_registers;
   const uint32_t body = std::max({kFloatTile, in_use(s, stream_q) + s.operand_registers, pv});
   return kRegisterAllowance + held_tiles + body;
@@ -37,14 +38,11 @@ bool shares_key_tiles(uint32_t slices, uint32_t key_tiles) {
 }
 
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& s) {
-  const auto fits = [&](uint32_t width, bool stream_q) {
-    return shares_key_tiles((s.value_dim + width - 1) / width, tiles(s.block_k)) &&
-           forward_registers(s, stream_q, width) <= kRegisterLimit;
-  };
-  // Streaming Q never takes more registers than holding it, so this is the fewest slices that fit at all.
-  const uint32_t width = widest_fitting_slice(s.value_dim, [&](uint32_t w) { return fits(w, true); });
-  if (fits(width, true)) return {width, !fits(width, false)};
-  // 4 slices of O with Q streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
+  const uint32_t width = slice_width(s.value_dim, 2);
+  if (shares_key_tiles(2, tiles(s.block_k)) && forward_registers(s, true, width) <= kRegisterLimit) {
+    return {width, forward_registers(s, false, width) > kRegisterLimit};
+  }
+  // 2 slices of O with Q streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
   throw std::logic_error("attention forward: no column slicing of O fits the register limit");
 }
 

@@ -21,13 +21,12 @@ struct AttentionTileShape {
   uint32_t block_k = 0;            // keys (forward, dQ) or queries (dK/dV) per block: its score tiles
 };
 
-// attention_forward with Q held (or streamed), `out_dim` columns of O per SIMD-group (MFA_SLICE_DIM): with more than
-// one slice, each scores shape.block_k / slices keys of a block and loads P's tiles from threadgroup memory.
+// attention_forward with Q held (or streamed), `out_dim` columns of O per SIMD-group (MFA_SLICE_DIM): with two
+// slices, each multiplies half of Q's tiles for all shape.block_k keys of a block, scores half of them and loads P's
+// tiles from threadgroup memory.
 uint32_t forward_registers(const AttentionTileShape& shape, bool stream_q, uint32_t out_dim);
-// A sliced forward's (out_dim, stream_q): the widest slice of O within the limit whose count (2 to 4) divides the
-// block's key tiles (each slice scores whole tiles), so that each staged K and V tile serves the most row groups of the
-// 8 SIMD-groups, with Q held where that slice lets it, else streamed: at E = 512, 2 slices of 256 with Q streamed
-// (4 row groups) rather than 4 of 128 with Q held (2), which halves the K and V traffic per MMA for a re-read of Q.
+// A sliced forward's (out_dim, stream_q): two slices of O (so that each staged K and V tile serves the 4 row groups of
+// the 8 SIMD-groups), with Q held where that fits, else streamed.
 std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& shape);
 // Whether `slices` column slices of an accumulator can share a block of `key_tiles` score tiles: 2 to 4 slices (so at
 // least two row groups of a threadgroup's 8 SIMD-groups share each staged tile), each scoring whole tiles.
