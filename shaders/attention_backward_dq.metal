@@ -6,8 +6,10 @@
 // Grid and row packing as attention_forward: x = blocks of MFA_BLOCK_Q packed query rows (the query heads of one
 // GQA group share the K/V tiles), y = K/V head, z = batch (or sequence). A row group of 8 packed rows is owned by
 // one SIMD-group, or, where dQ is too wide for one SIMD-group's registers, by SLICES SIMD-groups that each own a
-// column slice of dQ (MFA_SLICE_DIM columns) and compute S, dP and dS for 1/SLICES of the block's keys: dS meets in
-// threadgroup memory (MFA_SHARED_DS), so each score, its exp and each product is computed once. The dQ accumulator
+// column slice of dQ (MFA_SLICE_DIM columns) and compute S, dP and dS for half of the block's keys: each multiplies
+// its half of the head dims (alternate tiles of Q and K, dO and V) for every key of the block and hands the other its
+// partial dot products, and dS meets in threadgroup memory (MFA_SHARED_DS), so each score, its exp and each product is
+// computed once and each element of Q and dO read once. The dQ accumulator
 // stays in registers, and Q and dO as operand tiles unless the planner streams them from device memory
 // (MFA_STREAM_Q, MFA_STREAM_DO: where holding them would take too many registers). K and V are copied into
 // threadgroup memory in the input type (as attention_forward): whole and together, or, with slices, each in chunks
@@ -31,7 +33,9 @@ constant constexpr uint SLICES = MFA_SLICES;
 constant constexpr uint THREADS = MFA_THREADS;
 static_assert(DQ_DIM % 8 == 0 && DQ_DIM <= MFA_HEAD_DIM, "dQ slices are whole tiles");
 #if MFA_SHARED_DS
-constant constexpr uint KEY_TILES = MFA_BLOCK_K / 8 / SLICES;  // a SIMD-group's score tiles of a block
+constant constexpr uint BLOCK_TILES = MFA_BLOCK_K / 8;
+constant constexpr uint KEY_TILES = BLOCK_TILES / SLICES;  // a SIMD-group's score tiles of a block
+static_assert(SLICES == 2, "a slice's partial products for the other slice's keys have one place: dS's");
 // head-dim columns of K and V staged at once (whole tiles; the last chunk may hold fewer)
 constant constexpr uint K_CHUNK = (MFA_HEAD_DIM + 8 * MFA_K_CHUNKS - 1) / (8 * MFA_K_CHUNKS) * 8;
 constant constexpr uint V_CHUNK = (MFA_VALUE_DIM + 8 * MFA_V_CHUNKS - 1) / (8 * MFA_V_CHUNKS) * 8;
@@ -68,6 +72,27 @@ inline void dq_score_gradient(thread simdgroup_float8x8& s_tile, thread simdgrou
   }
 }
 
+#if MFA_SHARED_DS
+// Of a slice's partial products for every key tile of a block (`partial[j]`: key tile (first_tile + j) % BLOCK_TILES,
+// its own KEY_TILES first), hands the other slice's to it through their places in `row_tiles` (this row group's 8
+// rows of dS, whose last reads are behind a barrier since) and sets `own` to its own plus the other's. `own` may be
+// `partial`.
+inline void dq_add_partials(thread simdgroup_float8x8* own, thread simdgroup_float8x8* partial,
+                            threadgroup float* row_tiles, uint first_tile) {
+  #pragma clang loop unroll(full)
+  for (uint j = KEY_TILES; j < BLOCK_TILES; j++) {
+    simdgroup_store(partial[j], row_tiles + (first_tile + j) % BLOCK_TILES * 8, MFA_BLOCK_K);
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  #pragma clang loop unroll(full)
+  for (uint j = 0; j < KEY_TILES; j++) {
+    simdgroup_float8x8 other;
+    simdgroup_load(other, row_tiles + (first_tile + j) * 8, MFA_BLOCK_K);
+    own[j].thread_elements() = partial[j].thread_elements() + other.thread_elements();
+  }
+}
+#endif
+
 [[max_total_threads_per_threadgroup(MFA_THREADS)]]
 kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
                                   device const MFA_T* k [[buffer(MFA_ATTN_K)]],
@@ -93,7 +118,8 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   constexpr uint TILE_DIM = K_CHUNK > V_CHUNK ? K_CHUNK : V_CHUNK;
   threadgroup uint4 kv_storage[MFA_BLOCK_K * TILE_DIM * sizeof(MFA_T) / 16];  // 16-byte aligned rows
   threadgroup MFA_T* const kv_tile = reinterpret_cast<threadgroup MFA_T*>(kv_storage);
-  threadgroup float ds_tile[MFA_BLOCK_Q * MFA_BLOCK_K];  // the block's dS, row-major
+  // the block's dS, row-major; first each slice's partial dP, then S, for the other's keys
+  threadgroup float ds_tile[MFA_BLOCK_Q * MFA_BLOCK_K];
 #else
   threadgroup uint4 k_storage[MFA_BLOCK_K * MFA_HEAD_DIM * sizeof(MFA_T) / 16];  // 16-byte aligned rows
   threadgroup MFA_T* const k_tile = reinterpret_cast<threadgroup MFA_T*>(k_storage);
@@ -130,11 +156,12 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
   const float2 row_softmax = attention_row_softmax(row_valid ? stats[q_row] : float2(0.0f));
   const float row_delta = row_valid ? delta[q_row] : 0.0f;
 
-  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q> q_row_tiles(
+  // this slice's tiles of the row (every tile without slices)
+  const mfa_row_operand<MFA_HEAD_DIM, MFA_STREAM_Q, SLICES> q_row_tiles(
       q + attention_row_offset(p.q_strides, sq.tensor_batch, row.head, sq.q_first + row.query), row_valid, p.head_dim,
-      lane, p.wide_rows & 1u);
-  const mfa_row_operand<MFA_VALUE_DIM, MFA_STREAM_DO> do_row_tiles(grad_out + q_row * p.value_dim, row_valid,
-                                                                   p.value_dim, lane, p.wide_rows & 8u);
+      lane, p.wide_rows & 1u, slice);
+  const mfa_row_operand<MFA_VALUE_DIM, MFA_STREAM_DO, SLICES> do_row_tiles(
+      grad_out + q_row * p.value_dim, row_valid, p.value_dim, lane, p.wide_rows & 8u, slice);
   simdgroup_float8x8 dq_tiles[DQ_DIM / 8];
   #pragma clang loop unroll(full)
   for (uint d = 0; d < DQ_DIM / 8; d++) dq_tiles[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -155,48 +182,59 @@ kernel void attention_backward_dq(device const MFA_T* q [[buffer(MFA_ATTN_Q)]],
 #endif
     const bool inside_band = attention_inside_band(p, sq, q_first, q_last, key0, key0 + MFA_BLOCK_K - 1);
 #if MFA_SHARED_DS
-    simdgroup_float8x8 s_tiles[KEY_TILES], dp_tiles[KEY_TILES];
-    #pragma clang loop unroll(full)
-    for (uint j = 0; j < KEY_TILES; j++) {
-      s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-      dp_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-    }
-    // dP = dO V^T and S = Q K^T over this slice's key tiles, V and then K staged a chunk of columns at a time
-    #pragma clang loop unroll(full)
-    for (uint d0 = 0; d0 < MFA_VALUE_DIM; d0 += V_CHUNK) {
-      threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous block's dQ (or V chunk) is done
-      mfa_copy_rows<MFA_BLOCK_K, V_CHUNK, V_CHUNK, THREADS>(kv_tile, v_rows.starting_at(key0).from_column(d0), keys,
-                                                            p.value_dim - d0, tid, wide_v);
-      threadgroup_barrier(mem_flags::mem_threadgroup);
+    // dP = dO V^T and then S = Q K^T, V and then K staged a chunk of columns at a time: each slice multiplies its
+    // tiles of the head dims for every key tile of the block, tile j being key tile (first_tile + j) % BLOCK_TILES
+    // (its own first), and adds the other slice's partial products for its own key tiles
+    simdgroup_float8x8 dp_tiles[KEY_TILES];
+    {
+      simdgroup_float8x8 partial_dp[BLOCK_TILES];
       #pragma clang loop unroll(full)
-      for (uint d = d0 / 8; d < min(d0 + V_CHUNK, uint(MFA_VALUE_DIM)) / 8; d++) {
-        const thread mfa_operand_tile& do_t = do_row_tiles.tile(d);  // a reference: a held tile is not copied
+      for (uint j = 0; j < BLOCK_TILES; j++) partial_dp[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+      #pragma clang loop unroll(full)
+      for (uint d0 = 0; d0 < MFA_VALUE_DIM; d0 += V_CHUNK) {
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous block's dQ (or V chunk) is done
+        mfa_copy_rows<MFA_BLOCK_K, V_CHUNK, V_CHUNK, THREADS>(kv_tile, v_rows.starting_at(key0).from_column(d0),
+                                                              keys, p.value_dim - d0, tid, wide_v);
+        threadgroup_barrier(mem_flags::mem_threadgroup);
         #pragma clang loop unroll(full)
-        for (uint j = 0; j < KEY_TILES; j++) {
-          mfa_operand_tile v_t;
-          // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
-          mfa_load_operand(v_t, kv_tile + (first_tile + j) * 8 * V_CHUNK + d * 8 - d0, V_CHUNK, true, lane);
-          simdgroup_multiply_accumulate(dp_tiles[j], do_t, v_t, dp_tiles[j]);
+        for (uint d = d0 / 8; d < min(d0 + V_CHUNK, uint(MFA_VALUE_DIM)) / 8; d++) {
+          if (d % SLICES != slice) continue;  // the other slice's tile (the same in the SIMD-group)
+          const thread mfa_operand_tile& do_t = do_row_tiles.tile(d);  // a reference: a held tile is not copied
+          #pragma clang loop unroll(full)
+          for (uint j = 0; j < BLOCK_TILES; j++) {
+            mfa_operand_tile v_t;
+            // the tile's own address and origin 0: Metal leaves unspecified how an origin combines with a transpose
+            mfa_load_operand(v_t, kv_tile + (first_tile + j) % BLOCK_TILES * 8 * V_CHUNK + d * 8 - d0, V_CHUNK, true,
+                             lane);
+            simdgroup_multiply_accumulate(partial_dp[j], do_t, v_t, partial_dp[j]);
+          }
         }
       }
+      dq_add_partials(dp_tiles, partial_dp, ds_tile + row_group * 8 * MFA_BLOCK_K, first_tile);
     }
+    simdgroup_float8x8 s_tiles[BLOCK_TILES];  // this slice's own KEY_TILES (after the partials are added) first
+    #pragma clang loop unroll(full)
+    for (uint j = 0; j < BLOCK_TILES; j++) s_tiles[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     #pragma clang loop unroll(full)
     for (uint d0 = 0; d0 < MFA_HEAD_DIM; d0 += K_CHUNK) {
-      threadgroup_barrier(mem_flags::mem_threadgroup);  // the V (or K) chunk is consumed
+      threadgroup_barrier(mem_flags::mem_threadgroup);  // the V (or K) chunk is consumed, and dP's partials read
       mfa_copy_rows<MFA_BLOCK_K, K_CHUNK, K_CHUNK, THREADS>(kv_tile, k_rows.starting_at(key0).from_column(d0), keys,
                                                             p.head_dim - d0, tid, wide_k);
       threadgroup_barrier(mem_flags::mem_threadgroup);
       #pragma clang loop unroll(full)
       for (uint d = d0 / 8; d < min(d0 + K_CHUNK, uint(MFA_HEAD_DIM)) / 8; d++) {
+        if (d % SLICES != slice) continue;
         const thread mfa_operand_tile& q_t = q_row_tiles.tile(d);
         #pragma clang loop unroll(full)
-        for (uint j = 0; j < KEY_TILES; j++) {
+        for (uint j = 0; j < BLOCK_TILES; j++) {
           mfa_operand_tile k_t;
-          mfa_load_operand(k_t, kv_tile + (first_tile + j) * 8 * K_CHUNK + d * 8 - d0, K_CHUNK, true, lane);
+          mfa_load_operand(k_t, kv_tile + (first_tile + j) % BLOCK_TILES * 8 * K_CHUNK + d * 8 - d0, K_CHUNK, true,
+                           lane);
           simdgroup_multiply_accumulate(s_tiles[j], q_t, k_t, s_tiles[j]);
         }
       }
     }
+    dq_add_partials(s_tiles, s_tiles, ds_tile + row_group * 8 * MFA_BLOCK_K, first_tile);
     #pragma clang loop unroll(full)
     for (uint j = 0; j < KEY_TILES; j++) {
       dq_score_gradient(s_tiles[j], dp_tiles[j], p, sq, row, row_valid, key0 + int((first_tile + j) * 8), mask,

@@ -105,10 +105,11 @@ def _sliced_backward_launch(E, Ev, kernel):
 def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
     """Counts known by hand for dQ in 2 column slices sharing each 64-key block's dS: every product of S = Q K^T,
     dP = dO V^T and dQ = dS K exactly once, one exp per score and one division (1 / sum) per thread; K and V read
-    from device memory once per threadgroup but K's chunks before the last, which dQ stages again; each SIMD-group
-    streams its rows' Q and dO once per block. Threadgroup memory: each staged element written once, one staged tile
-    read per product (K's and V's chunks written whole), dS stored once and loaded by each slice for each K chunk
-    holding its columns."""
+    from device memory once per threadgroup but K's chunks before the last, which dQ stages again; each element of Q
+    and dO streamed once per block, by the slice that multiplies its column. Threadgroup memory: each staged element
+    written once, one staged tile read per product (K's and V's chunks written whole), each score's partial dP and S
+    stored by one slice and loaded by the other, dS stored once and loaded by each slice for each K chunk holding its
+    columns."""
     launch = _sliced_backward_launch(E, Ev, "attention_backward_dq")
     d = launch["defines"]
     slice_dim, k_chunks, v_chunks = int(d["MFA_SLICE_DIM"]), int(d["MFA_K_CHUNKS"]), int(d["MFA_V_CHUNKS"])
@@ -120,7 +121,7 @@ def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
     threadgroups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
     k_chunk = -(-E // (8 * k_chunks)) * 8
     staged_columns = E + k_chunk * (k_chunks - 1) + Ev  # K, K's chunks staged again for dQ, V
-    rows_read = rows * (E + Ev) * 2 * 2 * blocks  # Q and dO, by each slice for each block
+    rows_read = rows * (E + Ev) * 2 * blocks  # Q and dO, once for each block
     dq_and_stats = rows * E * 2 + threads * 12  # dQ written; each thread reads its row's stats and delta
     assert launch["device_bytes"] == threadgroups * SLICED_L * staged_columns * 2 + rows_read + dq_and_stats
     chunks_of_slice = [sum(c * k_chunk < (s + 1) * slice_dim and s * slice_dim < (c + 1) * k_chunk
@@ -129,9 +130,10 @@ def test_sliced_dq_computes_each_product_and_exp_once(E, Ev):
     v_chunk = -(-Ev // (8 * v_chunks)) * 8
     written_columns = k_chunk * (2 * k_chunks - 1) + v_chunk * v_chunks  # whole chunks: a short last one zero-filled
     assert launch["threadgroup_bytes"] == (threadgroups * SLICED_L * written_columns * 2 + launch["mma"] * 128
-                                           + scores * 4 + ds_loads * 256)
-    # per block: two barriers a V and a K chunk, one for the last K chunk's dQ, two for each chunk staged again
-    assert launch["barriers"] == threadgroups * blocks * (2 * (v_chunks + k_chunks) + 1 + 2 * (k_chunks - 1))
+                                           + scores * 4 + ds_loads * 256 + scores * 2 * 8)
+    # per block: two barriers a V and a K chunk, one for each product's partials, one for the last K chunk's dQ, two
+    # for each chunk staged again
+    assert launch["barriers"] == threadgroups * blocks * (2 * (v_chunks + k_chunks) + 2 + 1 + 2 * (k_chunks - 1))
     assert not launch["spills"]
 
 

@@ -48,12 +48,14 @@ std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& s) {
 
 uint32_t dq_registers(const AttentionTileShape& s, bool stream_q, bool stream_do, uint32_t dq_dim) {
   const uint32_t slices = (s.head_dim + dq_dim - 1) / dq_dim;
-  const uint32_t score_tiles = slices > 1 ? tiles(s.block_k) / slices : 1;
-  const uint32_t held_tiles = held(s, s.head_dim, stream_q) + held(s, s.value_dim, stream_do) +
-                              tiles(dq_dim) * kFloatTile +
-                              2 * score_tiles * kFloatTile;  // Q, dO, dQ, the score and dP tiles
+  // Unsliced: a score and a dP tile. Sliced: dP's own key tiles, with the partial dP (later S) of every key tile.
+  const uint32_t score_tiles = slices > 1 ? tiles(s.block_k) / slices + tiles(s.block_k) : 2;
+  // Q and dO (sliced: the slice's alternate tiles), dQ, the score tiles
+  const uint32_t held_tiles = (stream_q ? 0 : (tiles(s.head_dim) + slices - 1) / slices * s.held_registers) +
+                              (stream_do ? 0 : (tiles(s.value_dim) + slices - 1) / slices * s.held_registers) +
+                              tiles(dq_dim) * kFloatTile + score_tiles * kFloatTile;
   // S = Q K^T and dP = dO V^T: a Q or dO tile in use and a K or V tile; dQ += dS K: a K tile (and, sliced, the dS
-  // tile loaded).
+  // tile loaded, or the other slice's partial products).
   const uint32_t ds = (slices > 1 ? kFloatTile : 0) + s.operand_registers;
   const uint32_t body = std::max(std::max(in_use(s, stream_q), in_use(s, stream_do)) + s.operand_registers, ds);
   return kRegisterAllowance + held_tiles + body;
@@ -61,16 +63,15 @@ uint32_t dq_registers(const AttentionTileShape& s, bool stream_q, bool stream_do
 
 DqSlices dq_slices(const AttentionTileShape& s) {
   const bool q_larger = s.head_dim >= s.value_dim;
+  const uint32_t width = slice_width(s.head_dim, 2);
   for (const std::pair<bool, bool>& streamed :
        {std::pair{false, false}, std::pair{q_larger, !q_larger}, std::pair{true, true}}) {
-    const auto fits = [&](uint32_t width) {
-      return shares_key_tiles((s.head_dim + width - 1) / width, tiles(s.block_k)) &&
-             dq_registers(s, streamed.first, streamed.second, width) <= kRegisterLimit;
-    };
-    const uint32_t width = widest_fitting_slice(s.head_dim, fits);
-    if (fits(width)) return {width, streamed.first, streamed.second};
+    if (shares_key_tiles(2, tiles(s.block_k)) &&
+        dq_registers(s, streamed.first, streamed.second, width) <= kRegisterLimit) {
+      return {width, streamed.first, streamed.second};
+    }
   }
-  // 4 slices of dQ with Q and dO streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
+  // 2 slices of dQ with Q and dO streamed fit every head dim (tests/test_kernel_registers.py checks every plan)
   throw std::logic_error("attention backward: no column slicing of dQ fits the register limit");
 }
 

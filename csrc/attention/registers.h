@@ -31,16 +31,15 @@ std::pair<uint32_t, bool> forward_slices(const AttentionTileShape& shape);
 // Whether `slices` column slices of an accumulator can share a block of `key_tiles` score tiles: 2 to 4 slices (so at
 // least two row groups of a threadgroup's 8 SIMD-groups share each staged tile), each scoring whole tiles.
 bool shares_key_tiles(uint32_t slices, uint32_t key_tiles);
-// attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per SIMD-group: with more than one
-// slice, each computes S and dP for shape.block_k / slices keys of a block and loads dS's tiles from threadgroup
-// memory; a single slice computes one key tile at a time.
+// attention_backward_dq with Q and dO held or streamed, `dq_dim` columns of dQ per SIMD-group: with two slices, each
+// multiplies half of Q's and dO's tiles for all shape.block_k keys of a block, computes S and dP for half of them and
+// loads dS's tiles from threadgroup memory; a single slice computes one key tile at a time.
 uint32_t dq_registers(const AttentionTileShape& shape, bool stream_q, bool stream_do, uint32_t dq_dim);
 struct DqSlices {
   uint32_t dq_dim;
   bool stream_q, stream_do;
 };
-// A sliced dQ's slices: Q and dO held while they fit (the one of the larger head dim streamed first), the widest
-// slice of dQ within the limit, at most 4 slices whose count divides the block's key tiles.
+// A sliced dQ's slices: two, with Q and dO held while they fit (the one of the larger head dim streamed first).
 DqSlices dq_slices(const AttentionTileShape& shape);
 // attention_backward_dkdv with K and V held or streamed, dK and dV each cut into `slices` column slices
 // (slice_width), a SIMD-group each: with more than one, each computes S^T and dP^T for shape.block_k / slices queries
@@ -58,16 +57,5 @@ struct DkDvSlices {
 // slices share each staged Q and dO tile among more keys, which saves more than holding K or V), with K and V held
 // while they fit (the one of the larger head dim streamed first).
 DkDvSlices dkdv_slices(const AttentionTileShape& shape);
-
-// The widest column slice of an accumulator of `dim` columns (a multiple of 8) for which `fits(width)`: the whole,
-// else halves, thirds, ... rounded up to whole 8-column tiles (the last slice may be narrower); 8 if none fits.
-template <typename Fits>
-uint32_t widest_fitting_slice(uint32_t dim, Fits fits) {
-  for (uint32_t n = 1; n < dim / 8; n++) {
-    const uint32_t width = ((dim + n - 1) / n + 7) / 8 * 8;
-    if (fits(width)) return width;
-  }
-  return 8;
-}
 
 }  // namespace mfa

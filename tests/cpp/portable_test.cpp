@@ -155,40 +155,42 @@ void test_register_estimates() {
   half128.block_k = 64;
   CHECK_EQ(forward_registers(half128, false, 128), 90u);
   CHECK_EQ(forward_registers(half128, true, 128), 74u);
-  // O in two column slices, a SIMD-group each: O 16 + the slice's 32 keys of scores 8 + a P and a V tile 3 = 51.
-  CHECK_EQ(forward_registers(half128, true, 64), 24u + 16 + 8 + 3);
+  // O in two column slices, a SIMD-group each: O 16 + the partial scores of the block's 64 keys 16 + a P and a V tile
+  // 3 = 59.
+  CHECK_EQ(forward_registers(half128, true, 64), 24u + 16 + 16 + 3);
   // float32 tiles take 2 registers; dQ: 24 + Q 32 + dO 32 + dQ 32 + S, dP 4 + K 2 = 126.
   AttentionTileShape float128 = half128;
   float128.operand_registers = float128.held_registers = 2;
   CHECK_EQ(dq_registers(float128, false, false, 128), 126u);
-  // dQ in two column slices, Q and dO streamed: 24 + dQ 16 + the slice's 32 keys of S and dP 16 + a dO and a V
-  // tile 4 = 60.
-  CHECK_EQ(dq_registers(float128, true, true, 64), 24u + 16 + 16 + 4);
+  // dQ in two column slices, Q and dO streamed: 24 + dQ 16 + dP of the slice's 32 keys 8 and the partial products of
+  // the block's 64 keys 16 + a dO and a V tile 4 = 68.
+  CHECK_EQ(dq_registers(float128, true, true, 64), 24u + 16 + 8 + 16 + 4);
 }
 
 void test_dq_slices() {
-  // half, 64-key blocks. E = Ev = 512: dO held would take 64 of the 128 (24 + dO 64 + 4 slices of dQ 32 + S, dP 8
-  // + a dS and a K tile 3 = 131), so both are streamed: 2 slices, 24 + dQ 64 + S, dP 16 + 3 = 107.
+  // half, 64-key blocks, two slices of dQ. E = Ev = 512: the slice's alternate tiles of dO held would take 24 + dO 32
+  // + dQ 64 + dP 8 + partial products 16 + a dS and a K tile 3 = 147, so both are streamed: 115.
   AttentionTileShape shape;
   shape.head_dim = shape.value_dim = 512;
   shape.block_k = 64;
   DqSlices slices = dq_slices(shape);
   CHECK_EQ(slices.dq_dim, 256u);
   CHECK(slices.stream_q && slices.stream_do);
-  CHECK_EQ(dq_registers(shape, true, true, 256), 107u);
-  // E = Ev = 400: the larger (Q, as E = Ev) is streamed, dO held: 4 slices of 104 (3 would not divide the 8 key
-  // tiles): 24 + dO 50 + dQ 26 + S, dP 8 + 3 = 111.
+  CHECK_EQ(dq_registers(shape, false, true, 256), 147u);
+  CHECK_EQ(dq_registers(shape, true, true, 256), 115u);
+  // E = Ev = 400: the larger (Q, as E = Ev) is streamed, dO held: 24 + dO 25 + dQ 50 + 24 + 3 = 126.
   shape.head_dim = shape.value_dim = 400;
   slices = dq_slices(shape);
-  CHECK_EQ(slices.dq_dim, 104u);
+  CHECK_EQ(slices.dq_dim, 200u);
   CHECK(slices.stream_q && !slices.stream_do);
-  CHECK_EQ(dq_registers(shape, true, false, 104), 111u);
-  // E = 576, Ev = 512: 2 slices of 288, both streamed.
+  CHECK_EQ(dq_registers(shape, true, false, 200), 126u);
+  // E = 576, Ev = 512: 2 slices of 288, both streamed: 24 + dQ 72 + 24 + 3 = 123.
   shape.head_dim = 576;
   shape.value_dim = 512;
   slices = dq_slices(shape);
   CHECK_EQ(slices.dq_dim, 288u);
   CHECK(slices.stream_q && slices.stream_do);
+  CHECK_EQ(dq_registers(shape, true, true, 288), 123u);
 }
 
 void test_dkdv_slices() {
@@ -229,30 +231,22 @@ void test_sliced_forward_tiles() {
   CHECK_EQ(staged_v_rows(512, 64, 2), 16u);
   CHECK_EQ(staged_v_rows(512, 64, 4), 8u);
   CHECK_EQ(staged_v_rows(64, 128, 2), 128u);
-  // Slices of O: the fewest that fit, Q streamed if need be. E = 512: 4 slices of 128 with Q held would fit (24 + Q 64
-  // + O 32 + S 4 + a P and a V tile 3 = 127), but 2 of 256 fit with Q streamed; held, 2 slices take Q 64 + O 64.
+  // Two slices of O, Q's alternate tiles held where they fit. E = Ev = 512: held, 24 + Q 32 + O 64 + S 16 + a P and
+  // a V tile 3 = 139, so Q is streamed: 107.
   AttentionTileShape shape;
   shape.head_dim = shape.value_dim = 512;
   shape.block_k = 64;
-  CHECK_EQ(forward_registers(shape, false, 128), 127u);
-  CHECK(forward_registers(shape, false, 256) > 128u);
+  CHECK_EQ(forward_registers(shape, false, 256), 139u);
+  CHECK_EQ(forward_registers(shape, true, 256), 107u);
   CHECK_EQ(forward_slices(shape).first, 256u);
   CHECK_EQ(forward_slices(shape).second, true);
   shape.head_dim = 576;
   CHECK_EQ(forward_slices(shape).first, 256u);
   CHECK_EQ(forward_slices(shape).second, true);
-  shape.head_dim = shape.value_dim = 320;  // 2 slices of 160 hold Q: 24 + Q 40 + O 40 + S 8 + 3 = 115
+  shape.head_dim = shape.value_dim = 320;  // 2 slices of 160 hold Q: 24 + Q 20 + O 40 + S 16 + 3 = 103
+  CHECK_EQ(forward_registers(shape, false, 160), 103u);
   CHECK_EQ(forward_slices(shape).first, 160u);
   CHECK_EQ(forward_slices(shape).second, false);
-}
-
-void test_widest_fitting_slice() {
-  // The whole, then halves, thirds, ... in whole 8-column tiles: 512 -> 256 -> 176 (ceil(512 / 3) = 171 -> 176).
-  CHECK_EQ(widest_fitting_slice(512, [](uint32_t w) { return w <= 512; }), 512u);
-  CHECK_EQ(widest_fitting_slice(512, [](uint32_t w) { return w <= 300; }), 256u);
-  CHECK_EQ(widest_fitting_slice(512, [](uint32_t w) { return w <= 200; }), 176u);
-  CHECK_EQ(widest_fitting_slice(576, [](uint32_t w) { return w <= 288; }), 288u);
-  CHECK_EQ(widest_fitting_slice(64, [](uint32_t) { return false; }), 8u);
 }
 
 void test_attention_forward_plan() {
@@ -576,7 +570,7 @@ int main(int argc, char** argv) {
       {"gpu_family", test_gpu_family},
       {"block_tables", test_block_tables},
       {"register_estimates", test_register_estimates},
-      {"widest_fitting_slice", test_widest_fitting_slice},
+
       {"sliced_forward_tiles", test_sliced_forward_tiles},
       {"dq_slices", test_dq_slices},
       {"dkdv_slices", test_dkdv_slices},
