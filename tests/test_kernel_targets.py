@@ -150,6 +150,7 @@ def test_sliced_dkdv_computes_each_product_and_exp_once(E, Ev):
     slices, q_chunks, do_chunks = int(d["MFA_SLICES"]), int(d["MFA_Q_CHUNKS"]), int(d["MFA_DO_CHUNKS"])
     assert slices == 4 and d["MFA_BLOCK_Q"] == "64" and d["MFA_BLOCK_KV"] == "16"
     assert d["MFA_STREAM_K"] == d["MFA_STREAM_V"] == "1"
+    assert q_chunks == do_chunks == 3  # 64 rows of at most 196 columns of half beside 4 KiB of scores: 30000 bytes
     scores, keys, blocks = B * H * SLICED_L * SLICED_L, B * H * SLICED_L, SLICED_L // 64
     threadgroups = launch["threadgroups"][0] * launch["threadgroups"][1] * launch["threadgroups"][2]
     queries_staged = threadgroups * blocks * 64  # each block's queries in every threadgroup

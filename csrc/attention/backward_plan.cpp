@@ -111,14 +111,18 @@ Plan plan_attention_backward(const AttentionProblem& prob, bool mask_grad) {
   const int64_t block_kv = std::min<int64_t>(
       dkdv_sliced ? sliced_blocks.block_q / dkdv_slicing.slices : blocks.dkdv_block_kv,
       std::max<int64_t>(dkdv_sliced ? 8 : 16, round_up(keys, 8)));
-  const uint32_t q_chunks = dkdv_sliced ? staged_k_chunks(shape.head_dim, uint32_t(dkdv_block_q), element_bytes) : 1;
-  const uint32_t do_chunks = dkdv_sliced ? staged_k_chunks(shape.value_dim, uint32_t(dkdv_block_q), element_bytes) : 1;
   const uint64_t row_bytes = 3 * sizeof(float);  // each query's softmax max, 1 / sum and D
+  const uint64_t scores_bytes = uint64_t(block_kv) * dkdv_block_q * sizeof(float);  // sliced: P^T, then dS^T
+  const uint32_t chunk_budget = uint32_t(kDkDvThreadgroupBytes - scores_bytes - dkdv_block_q * row_bytes);
+  const uint32_t q_chunks =
+      dkdv_sliced ? staged_chunks(shape.head_dim, uint32_t(dkdv_block_q), element_bytes, chunk_budget) : 1;
+  const uint32_t do_chunks =
+      dkdv_sliced ? staged_chunks(shape.value_dim, uint32_t(dkdv_block_q), element_bytes, chunk_budget) : 1;
   // Sliced: a chunk of Q or dO and the block's P^T or dS^T (float); else the whole Q and dO tiles.
   const uint64_t dkdv_tile_bytes =
       dkdv_sliced ? uint64_t(dkdv_block_q) * std::max(staged_k_chunk_width(shape.head_dim, q_chunks),
                                                       staged_k_chunk_width(shape.value_dim, do_chunks)) *
-                            element_bytes + uint64_t(block_kv) * dkdv_block_q * sizeof(float)
+                            element_bytes + scores_bytes
                   : uint64_t(dkdv_block_q) * dims * element_bytes;
   Launch dkdv = attention_kernel_launch(
       prob, "attention_backward_dkdv",

@@ -57,13 +57,17 @@ AttentionBackwardBlocks attention_backward_blocks(GpuFamily, uint32_t dims) {
 // slices / 64 per score).
 AttentionBlocks attention_sliced_blocks(GpuFamily) { return {64, 64}; }
 
-uint32_t staged_k_chunks(uint32_t head_dim, uint32_t block_k, uint32_t element_bytes) {
+uint32_t staged_chunks(uint32_t dim, uint32_t rows, uint32_t element_bytes, uint32_t budget_bytes) {
   uint32_t chunks = 1;
-  while (staged_k_chunk_width(head_dim, chunks) > 8 &&
-         block_k * staged_k_chunk_width(head_dim, chunks) * element_bytes > kForwardTileBytes) {
+  while (staged_k_chunk_width(dim, chunks) > 8 &&
+         uint64_t(rows) * staged_k_chunk_width(dim, chunks) * element_bytes > budget_bytes) {
     chunks++;
   }
   return chunks;
+}
+
+uint32_t staged_k_chunks(uint32_t head_dim, uint32_t block_k, uint32_t element_bytes) {
+  return staged_chunks(head_dim, block_k, element_bytes, kForwardTileBytes);
 }
 
 uint32_t staged_k_chunk_width(uint32_t head_dim, uint32_t chunks) {

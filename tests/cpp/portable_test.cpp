@@ -228,6 +228,13 @@ void test_sliced_forward_tiles() {
   CHECK_EQ(staged_k_chunks(576, 64, 2), 5u);
   CHECK_EQ(staged_k_chunk_width(576, 5), 120u);  // 4 chunks of 120 columns and one of 96
   CHECK_EQ(staged_k_chunk_width(328, 3), 112u);  // 41 tiles: 14, 14 and 13
+  // Sliced dK/dV at 16 keys and 64 queries of half: 30000 - 4096 of scores - 768 of stats leave 25136 bytes, 196
+  // columns: E = 576 in 3 chunks of 192, Ev = 512 in 3 of 176 (two of 176 and one of 160).
+  CHECK_EQ(staged_chunks(576, 64, 2, 25136), 3u);
+  CHECK_EQ(staged_chunks(512, 64, 2, 25136), 3u);
+  CHECK_EQ(staged_k_chunk_width(512, 3), 176u);
+  CHECK_EQ(staged_chunks(576, 64, 2, 24575), 4u);  // a byte short of 3 chunks of 192
+  CHECK_EQ(staged_chunks(64, 64, 2, 100), 8u);     // none fits: chunks of one tile
   CHECK_EQ(staged_v_rows(512, 64, 2), 16u);
   CHECK_EQ(staged_v_rows(512, 64, 4), 8u);
   CHECK_EQ(staged_v_rows(64, 128, 2), 128u);
