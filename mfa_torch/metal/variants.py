@@ -103,6 +103,8 @@ def _attention_grid(family):
         for dims in ((128, 128), (256, 256), (8, 256), (256, 8), (MAX_HEAD_DIM, MAX_VALUE_DIM), (512, 512),
                      (8, MAX_VALUE_DIM), (MAX_HEAD_DIM, 8)):
             yield attention_problem(family, dtype, head_dim=dims[0], value_dim=dims[1])
+    # float dK/dV in two slices (32 keys): Q in 7 chunks of 80 columns beside the 8 KiB of scores
+    yield attention_problem(family, "float32", head_dim=512, value_dim=8)
     for dtype in DTYPES:  # O sliced: K staged in 1 to 9 chunks of its head dim
         for head_dim in range(64, MAX_HEAD_DIM + 1, 64):
             yield attention_problem(family, dtype, head_dim=head_dim, value_dim=MAX_VALUE_DIM)
