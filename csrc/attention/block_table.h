@@ -27,6 +27,8 @@ AttentionBlocks attention_sliced_blocks(GpuFamily family);
 // longest run of whole key tiles that divides `block_k` (rows of `value_dim` elements).
 uint32_t staged_k_chunks(uint32_t head_dim, uint32_t block_k, uint32_t element_bytes);
 uint32_t staged_k_chunk_width(uint32_t head_dim, uint32_t chunks);
+uint32_t staged_v_rows(uint32_t value_dim, uint32_t block_k, uint32_t element_bytes);
+
 // The fewest chunks of whole tiles of `dim` columns whose `rows` x width elements fit in `budget_bytes` (chunks of
 // one tile if none do).
 uint32_t staged_chunks(uint32_t dim, uint32_t rows, uint32_t element_bytes, uint32_t budget_bytes);
@@ -34,7 +36,6 @@ uint32_t staged_chunks(uint32_t dim, uint32_t rows, uint32_t element_bytes, uint
 // within this: two threadgroups still fit a core's ~60 KB (facts/apple-gpu-performance.md), and its registers
 // (~100 a thread) allow no more than two anyway. Wider chunks than the forward's mean fewer barriers per block.
 constexpr uint32_t kDkDvThreadgroupBytes = 30000;
-uint32_t staged_v_rows(uint32_t value_dim, uint32_t block_k, uint32_t element_bytes);
 
 struct AttentionBackwardBlocks {
   uint32_t dq_block_q;     // dQ kernel: packed query rows per threadgroup (8 per SIMD-group)
